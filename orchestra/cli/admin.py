@@ -1,0 +1,130 @@
+"""`orchestra`: the admin's CLI: configuration, database, the scheduler service, users."""
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Optional
+
+import typer
+from sqlalchemy import select, update
+
+from orchestra.cli.common import console, context, new_app, print_json, run
+from orchestra.config import load_settings
+from orchestra.db.engine import HEAD_REVISION, current_revision, make_engine, upgrade
+from orchestra.db.models import User
+from orchestra.errors import OrchestraError
+
+app = new_app("Orchestra administration: config, database, scheduler service, users.")
+config_app = new_app("Inspect the effective configuration.")
+db_app = new_app("Database schema.")
+scheduler_app = new_app("The scheduler service.")
+user_app = new_app("Users: shares and caps.")
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(scheduler_app, name="scheduler")
+app.add_typer(user_app, name="user")
+
+
+@config_app.command("show")
+def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the effective settings and where each came from."""
+    s = load_settings()
+    data = {
+        "home": str(s.home), "database_url": s.database_url, "user": s.user, "admins": list(s.admins),
+        "config_file": str(s.config_file) if s.config_file else None,
+        "scheduler": s.scheduler.__dict__, "fairshare": s.fairshare.__dict__,
+        "clusters": {
+            name: {"backend": c.backend, "storage": str(c.storage), "default_queue": c.default_queue,
+                   "restrict_to_storage": c.restrict_to_storage,
+                   "queues": {q.name: q.__dict__ for q in c.queues.values()}}
+            for name, c in s.clusters.items()
+        },
+        "sources": s.sources,
+    }
+    if as_json:
+        print_json(data)
+        return
+    src = s.sources
+    console.print(f"config file: {data['config_file'] or '(none: defaults)'}", markup=False)
+    for key in ("home", "database_url", "user", "admins"):
+        console.print(f"{key:32} {data[key]!s:50} ({src.get(key, 'default')})", markup=False)
+    for section in ("scheduler", "fairshare"):
+        for key, value in data[section].items():
+            console.print(f"{section + '.' + key:32} {value!s:50} ({src.get(f'{section}.{key}', 'default')})",
+                          markup=False)
+    for name, c in data["clusters"].items():
+        console.print(f"clusters.{name:23} backend={c['backend']} storage={c['storage']} "
+                      f"default_queue={c['default_queue']} ({src.get(f'clusters.{name}')})", markup=False)
+        for q, v in c["queues"].items():
+            console.print(f"  queue {q:24} slots={v['slots']} cpu={v['cpu']} memory={v['memory']} gpu={v['gpu']}",
+                          markup=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema up to date (Alembic migrations)."""
+    engine = make_engine(load_settings().database_url)
+    before = _revision(engine)
+    upgrade(engine)
+    console.print(f"database at revision {HEAD_REVISION} (was {before or 'empty'})")
+
+
+def _revision(engine) -> Optional[str]:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return current_revision(engine)
+    except OperationalError as exc:
+        raise OrchestraError(f"cannot reach the database: {str(exc.orig).strip().splitlines()[0]}; "
+                             "check ORCHESTRA_DATABASE_URL") from None
+
+
+@db_app.command("status")
+def db_status() -> None:
+    engine = make_engine(load_settings().database_url)
+    revision = _revision(engine)
+    state = "current" if revision == HEAD_REVISION else "behind: run `orchestra db upgrade`"
+    console.print(f"revision {revision or 'none'} ({state})")
+
+
+@scheduler_app.command("run")
+def scheduler_run(
+    once: Annotated[bool, typer.Option("--once", help="run exactly one cycle and exit (cron)")] = False,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="cycle until nothing is queued or running")] = False,
+    interval: Annotated[Optional[float], typer.Option("--interval", help="seconds between cycles")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the scheduler service (one active scheduler per database, held by a lease)."""
+    from orchestra.scheduler.loop import LoopOptions, run as run_loop
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
+    ctx = context()
+    code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
+                    say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
+    raise typer.Exit(code)
+
+
+@user_app.command("set")
+def user_set(
+    name: Annotated[str, typer.Argument(help="user login name")],
+    share: Annotated[Optional[float], typer.Option("--share", help="fair-share weight (default 1)")] = None,
+    max_running: Annotated[Optional[int], typer.Option("--max-running", help="cap on running jobs (0: none)")] = None,
+) -> None:
+    """Set a user's share and running cap (admins only)."""
+    ctx = context()
+    if not ctx.admin:
+        raise OrchestraError(f"only admins may change users; {ctx.user!r} is not in the config's admins list")
+    if share is not None and share <= 0:
+        raise OrchestraError("--share must be greater than 0")
+    if max_running is not None and max_running < 0:
+        raise OrchestraError("--max-running must be 0 (no cap) or more")
+    with ctx.transaction() as session:
+        uid = ctx.user_id(session, name)
+        values = {k: v for k, v in {"share": share, "max_running": max_running}.items() if v is not None}
+        if values:
+            session.execute(update(User).where(User.id == uid).values(**values))
+        row = session.execute(select(User.share, User.max_running).where(User.id == uid)).one()
+    console.print(f"{name}: share {row[0]:g}, max running {row[1] or 'no cap'}")
+
+
+def main() -> None:
+    run(app)

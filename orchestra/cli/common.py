@@ -1,0 +1,120 @@
+"""What the three CLIs share: one-line errors, the service context, and rendering helpers."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from orchestra.errors import OrchestraError
+from orchestra.services.context import Context
+
+# Wide when piped (rich would assume 80 columns and squash the tables).
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def new_app(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        help=help_text, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+        rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit non-zero: the only way a refusal reaches the user."""
+    sys.stderr.write(f"error: {message}\n")
+    raise SystemExit(code)
+
+
+def run(app: typer.Typer, args: Sequence[str] | None = None, prog_name: str | None = None) -> None:
+    """Run a typer app with Orchestra's error discipline: one line, non-zero exit, no traceback."""
+    from typer import Abort
+    from typer._click.exceptions import ClickException  # typer vendors click (no public alias)
+
+    try:
+        result = app(args=list(args) if args is not None else None, prog_name=prog_name, standalone_mode=False)
+    except ClickException as exc:
+        fail(f"{exc.format_message()} (see --help)", exc.exit_code)
+    except OrchestraError as exc:
+        fail(str(exc))
+    except Abort:
+        fail("aborted")
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    if isinstance(result, int) and result:
+        raise SystemExit(result)
+
+
+_context: Context | None = None
+
+
+def context() -> Context:
+    """The service context for this process (settings from the environment, a current schema)."""
+    global _context
+    if _context is None:
+        _context = Context.from_env()
+    return _context
+
+
+def reset_context() -> None:
+    global _context
+    if _context is not None:
+        _context.engine.dispose()
+    _context = None
+
+
+def print_json(data: Any) -> None:
+    def default(obj: Any) -> Any:
+        if is_dataclass(obj) and not isinstance(obj, type):
+            return asdict(obj)
+        return str(obj)
+
+    sys.stdout.write(json.dumps(data, default=default, indent=2) + "\n")
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    if total <= 0:
+        return " " * width
+    filled = int(round(width * done / total))
+    return "█" * filled + "░" * (width - filled) + f" {100 * done // total:3d}%"
+
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question} needs confirmation; pass --yes to confirm non-interactively")
+    if not typer.confirm(question):
+        fail("aborted, nothing changed")
+
+
+Handler = Callable[..., Any]

@@ -1,0 +1,129 @@
+"""Engines for SQLite (embedded default) and PostgreSQL, and keeping the schema current.
+
+SQLite gets WAL (readers never block the scheduler's writer), foreign keys and a busy timeout.
+The CLIs bring the default SQLite database up to date by themselves; a PostgreSQL database is
+upgraded by the admin (`orchestra db upgrade`), since many clients share it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+from orchestra.errors import OrchestraError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0001"  # the newest migration; a test checks it matches the scripts
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """SQLite: take the write lock when a transaction begins, not at its first write.
+
+    A deferred transaction that reads, then writes, fails if another writer committed in between;
+    IMMEDIATE makes every transaction see a stable database and serialises writers cleanly.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_begin(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _immediate(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the URL, or a one-line error when the URL is malformed."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise OrchestraError(
+            f"database URL {url!r} is malformed; use sqlite:////path/orchestra.db or postgresql://user@host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        _begin_immediate(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    raise OrchestraError(f"database URL {url!r}: only sqlite:// and postgresql:// are supported")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision recorded in the database (None for an empty database)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        if _missing_table(exc):
+            return None
+        raise
+
+
+def _missing_table(exc: Exception) -> bool:
+    message = str(exc).lower()
+    return "no such table" in message or "does not exist" in message and "relation" in message
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every pending migration (Alembic), on the engine's own connection."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def connect(url: str, *, auto_upgrade: bool | None = None) -> Engine:
+    """An engine whose schema is current: upgraded automatically on SQLite, checked on PostgreSQL."""
+    engine = make_engine(url)
+    started = time.monotonic()
+    while True:
+        try:
+            revision = current_revision(engine)
+            break
+        except OperationalError as exc:
+            # SQLite under a concurrent first-time creation can report a locked database: retry.
+            if is_sqlite(engine) and "locked" in str(exc) and time.monotonic() - started < 30:
+                time.sleep(0.05)
+                continue
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise OrchestraError(
+                f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: {reason}; "
+                "check ORCHESTRA_DATABASE_URL and that the server is running"
+            ) from None
+    if revision == HEAD_REVISION:
+        return engine
+    if auto_upgrade is None:
+        auto_upgrade = is_sqlite(engine)
+    if auto_upgrade:
+        upgrade(engine)
+        return engine
+    raise OrchestraError(
+        f"the database schema is at revision {revision or 'none'}, this Orchestra needs {HEAD_REVISION}; "
+        "run `orchestra db upgrade`"
+    )

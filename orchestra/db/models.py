@@ -1,0 +1,191 @@
+"""SQLAlchemy 2 typed models: users, datasets and their files, tasks, jobs and their attempts.
+
+Times are float epoch seconds (UTC): identical on SQLite and PostgreSQL, cheap to compare, and
+directly usable as numpy arrays by the fair-share policy.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic migrations are the same on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT ids on PostgreSQL; SQLite only makes INTEGER PRIMARY KEY an alias of its rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class User(Base):
+    """A person who owns datasets and tasks; also the unit of fair share."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    share: Mapped[float] = mapped_column(Float, default=1.0)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    # Decayed usage in weighted slot-seconds as of `usage_at` (charged by the scheduler).
+    usage: Mapped[float] = mapped_column(Float, default=0.0)
+    usage_at: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Dataset(Base):
+    """A name that points to a file or a directory on a cluster's storage."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    cluster: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    is_dir: Mapped[bool] = mapped_column(Boolean)
+    n_files: Mapped[int] = mapped_column(Integer)
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DatasetFile(Base):
+    """One file of a dataset, in a stable (sorted) order: its position is the job index."""
+
+    __tablename__ = "dataset_files"
+    __table_args__ = (UniqueConstraint("dataset_id", "position", name="uq_dataset_files_dataset_position"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Task(Base):
+    """A user's request: image, command template, datasets, queue, limits; expanded into jobs."""
+
+    __tablename__ = "tasks"
+    # AUTOINCREMENT on SQLite: ids are never reused, because backend object names derive from them.
+    __table_args__ = (
+        Index("ix_tasks_status", "status"),
+        Index("ix_tasks_owner_id", "owner_id"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    cluster: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(Text)
+    command: Mapped[str] = mapped_column(Text)
+    # Kept for display; a finished task keeps working after its datasets are deleted (its jobs
+    # hold their expanded paths), hence SET NULL rather than a blocking reference.
+    config_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    data_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    max_time: Mapped[float | None] = mapped_column(Float)
+    bypass: Mapped[bool] = mapped_column(Boolean, default=False)
+    n_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    n_scouts: Mapped[int] = mapped_column(Integer, default=0)
+    # Queued jobs, kept by every transition in and out of QUEUED: the scheduler reads this instead
+    # of counting rows, so a cycle's cost does not grow with the depth of the queue.
+    n_queued: Mapped[int] = mapped_column(Integer, default=0)
+    output_root: Mapped[str] = mapped_column(Text)
+    # A request recorded by the CLI for the scheduler: "kill", "delete" or "purge".
+    request: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    released_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Job(Base):
+    """One expansion of a task (one config file). Each run of it is an Attempt."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("task_id", "index", name="uq_jobs_task_index"),
+        # Head of a task's queue, and per-state counts of one task.
+        Index("ix_jobs_task_status", "task_id", "status", "id"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    config_path: Mapped[str] = mapped_column(Text)
+    output_dir: Mapped[str] = mapped_column(Text)
+    command: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    is_scout: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Attempt(Base):
+    """One run of a job on a backend. Its backend name comes from (job, attempt number) and is
+    recorded before the backend is asked to create it: a retried create adopts, never duplicates."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
+        Index("ix_attempts_status", "status"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    backend_name: Mapped[str] = mapped_column(String(63), unique=True)
+    cluster: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(BigInteger)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    charged_until: Mapped[float | None] = mapped_column(Float)
+
+
+class SchedulerLease(Base):
+    """One row per lease: only its holder may change job states; expiry makes a crash harmless."""
+
+    __tablename__ = "scheduler_lease"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ChangeCounter(Base):
+    """Bumped by every CLI write the scheduler should react to; polled cheaply on SQLite."""
+
+    __tablename__ = "change_counter"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

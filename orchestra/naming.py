@@ -1,0 +1,30 @@
+"""The `user.<owner>.<name>` policy for dataset and task names."""
+from __future__ import annotations
+
+import re
+
+from orchestra.errors import OrchestraError, PermissionDenied
+
+_NAME = re.compile(r"^user\.([a-z_][a-z0-9_-]*)\.([A-Za-z0-9][A-Za-z0-9._-]*)$", re.IGNORECASE)
+MAX_NAME = 200
+
+
+def owner_of(name: str, kind: str = "dataset") -> str:
+    """The owner encoded in a name, or a one-line error showing the expected form."""
+    match = _NAME.match(name)
+    if not match or len(name) > MAX_NAME:
+        raise OrchestraError(
+            f"{kind} name {name!r} is not of the form user.<owner>.<name> "
+            f"(letters, digits, '.', '_', '-'; e.g. user.jodafons.my_{kind})"
+        )
+    return match.group(1)
+
+
+def check_ownership(name: str, user: str, kind: str, *, admin: bool = False) -> str:
+    """Refuse a name that belongs to another user (admins may act for anyone)."""
+    owner = owner_of(name, kind)
+    if owner != user and not admin:
+        raise PermissionDenied(
+            f"{kind} name {name!r} belongs to user {owner!r}, not to you ({user!r}); name it user.{user}.<name>"
+        )
+    return owner

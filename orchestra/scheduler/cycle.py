@@ -1,0 +1,558 @@
+"""One scheduler cycle, step by step. Every state change is committed before the next backend call
+that depends on it, so the cycle can be killed at any instant:
+
+- a dispatch is recorded (attempt STARTING, its backend name fixed) *before* the backend is asked;
+  a restart finds the object and adopts it, or finds nothing and declares the attempt lost;
+- an ended attempt is recorded before its backend object is released;
+- kills go to the backend first and are recorded after; repeating a kill is harmless.
+
+The cost of a cycle depends on the live attempts (bounded by the slots), the active tasks and
+the users, never on the number of queued jobs: the per-task `n_queued` counter replaces counting
+rows, and only the head of each chosen task's queue is read.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from orchestra import fairshare
+from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
+from orchestra.backends.registry import make_backend
+from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.scheduler.expand import expand_task
+from orchestra.scheduler.lease import Lease
+from orchestra.services.context import Context
+from orchestra.services.tasks import purge_outputs, remove_task_rows
+from orchestra.states import ACTIVE_TASK, AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
+
+log = logging.getLogger("orchestra.scheduler")
+
+JOBS = Job.__table__
+ATTEMPTS = Attempt.__table__
+TASKS = Task.__table__
+USERS = User.__table__
+LOST_LIMIT = 5  # a job lost this many times (not its fault, but suspicious) fails for good
+DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
+
+
+def backend_name(task_id: int, job_index: int, attempt: int) -> str:
+    """Deterministic, DNS-1123 safe, at most 63 characters: the same (job, attempt), the same name."""
+    return f"orc-{task_id}-{job_index}-{attempt}"
+
+
+@dataclass
+class CycleReport:
+    counts: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v) or "nothing to do"
+        return f"cycle: {parts} ({self.seconds * 1000:.0f} ms)"
+
+
+@dataclass(frozen=True)
+class LiveAttempt:
+    """An attempt the database believes is out there, with what deciding its fate needs."""
+
+    id: int
+    job_id: int
+    task_id: int
+    owner_id: int
+    backend_name: str
+    status: str
+    pid: int | None
+    pid_start: int | None
+    log_path: str | None
+    started_at: float | None
+    cluster: str
+    queue: str
+    is_scout: bool
+    attempts: int
+    failures: int
+    max_time: float | None
+    max_retries: int
+    task_status: str
+    request: str | None
+    weight: float
+    charged_until: float | None
+
+    def tracked(self) -> Tracked:
+        return Tracked(self.backend_name, self.log_path, self.pid, self.pid_start, self.started_at)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ended, as recorded."""
+
+    attempt: LiveAttempt
+    status: AttemptStatus
+    exit_code: int | None
+    reason: str | None
+    ended_at: float
+
+
+class Scheduler:
+    """Runs cycles against the database and one backend per cluster."""
+
+    def __init__(self, ctx: Context, backends: dict[str, Backend] | None = None, lease: Lease | None = None) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.backends = backends if backends is not None else {}
+        self.lease = lease or Lease(ctx.engine, ctx.settings.scheduler.lease_ttl)
+        self.clock = time.time
+
+    def backend(self, cluster: str) -> Backend:
+        if cluster not in self.backends:
+            self.backends[cluster] = make_backend(self.settings.cluster(cluster))
+        return self.backends[cluster]
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """A fenced transaction: it renews the lease and aborts if another scheduler holds it."""
+        with Session(self.ctx.engine, expire_on_commit=False) as session, session.begin():
+            self.lease.guard(session)
+            yield session
+
+    # ------------------------------------------------------------------ the cycle
+    def cycle(self, full: bool = True) -> CycleReport:
+        started = time.perf_counter()
+        report = CycleReport()
+        self.reconcile(report)
+        self.apply_requests(report)
+        self.expand(report)
+        self.advance_tasks(report)
+        self.fill(report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # ------------------------------------------------------------------ 1. reconcile
+    def live_attempts(self, session: Session, task_ids: Sequence[int] | None = None) -> list[LiveAttempt]:
+        query = (
+            select(
+                Attempt.id, Attempt.job_id, Job.task_id, Task.owner_id, Attempt.backend_name, Attempt.status,
+                Attempt.pid, Attempt.pid_start, Attempt.log_path, Attempt.started_at, Attempt.cluster, Task.queue,
+                Job.is_scout, Job.attempts, Job.failures, Task.max_time, Task.max_retries, Task.status,
+                Task.request, Attempt.weight, Attempt.charged_until,
+            )
+            .join(Job, Job.id == Attempt.job_id)
+            .join(Task, Task.id == Job.task_id)
+            .where(Attempt.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
+        )
+        if task_ids is not None:
+            query = query.where(Job.task_id.in_(task_ids))
+        return [LiveAttempt(*row) for row in session.execute(query)]
+
+    def reconcile(self, report: CycleReport) -> None:
+        """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
+        with self.tx() as session:
+            live = self.live_attempts(session)
+        now = self.clock()
+        by_cluster: dict[str, list[LiveAttempt]] = defaultdict(list)
+        for attempt in live:
+            by_cluster[attempt.cluster].append(attempt)
+        endings: list[Ending] = []
+        confirmed: list[LiveAttempt] = []
+        timed_out: list[LiveAttempt] = []
+        strangers: dict[str, list[str]] = {}
+        for cluster, attempts in by_cluster.items():
+            survey = self.backend(cluster).survey([a.tracked() for a in attempts])
+            strangers[cluster] = survey.strangers
+            for attempt in attempts:
+                seen = survey.observations.get(attempt.backend_name)
+                if seen is None or seen.phase == Phase.MISSING:
+                    reason = (seen.reason if seen else None) or "the backend no longer knows it"
+                    endings.append(Ending(attempt, AttemptStatus.LOST, None, f"lost: {reason}", now))
+                elif seen.phase == Phase.SUCCEEDED:
+                    endings.append(Ending(attempt, AttemptStatus.SUCCEEDED, 0, None, seen.ended_at or now))
+                elif seen.phase == Phase.FAILED:
+                    endings.append(Ending(attempt, AttemptStatus.FAILED, seen.exit_code, seen.reason, seen.ended_at or now))
+                elif attempt.max_time and attempt.started_at and now - attempt.started_at > attempt.max_time:
+                    timed_out.append(attempt)
+                elif attempt.status == AttemptStatus.STARTING:
+                    confirmed.append(attempt)
+        if timed_out:
+            self._kill(timed_out)
+            endings += [Ending(a, AttemptStatus.FAILED, None, "timeout", self.clock()) for a in timed_out]
+        with self.tx() as session:
+            self._confirm(session, confirmed, now)
+            self._record_endings(session, endings, report)
+            self._charge_usage(session, live, endings, now)
+        for cluster, attempts in by_cluster.items():
+            ended = [e.attempt.backend_name for e in endings if e.attempt.cluster == cluster]
+            if ended or strangers.get(cluster):
+                self.backend(cluster).release(ended + strangers.get(cluster, []))
+        report.counts["strangers removed"] += sum(len(s) for s in strangers.values())
+
+    def _kill(self, attempts: Sequence[LiveAttempt]) -> None:
+        by_cluster: dict[str, list[Tracked]] = defaultdict(list)
+        for attempt in attempts:
+            by_cluster[attempt.cluster].append(attempt.tracked())
+        for cluster, tracked in by_cluster.items():
+            self.backend(cluster).kill(tracked)
+
+    def _confirm(self, session: Session, attempts: Sequence[LiveAttempt], now: float) -> None:
+        """STARTING attempts the backend does run (a restart between create and its record)."""
+        if not attempts:
+            return
+        ids = [a.id for a in attempts]
+        session.execute(
+            update(ATTEMPTS).where(ATTEMPTS.c.id.in_(ids), ATTEMPTS.c.status == AttemptStatus.STARTING.value)
+            .values(status=AttemptStatus.RUNNING.value, started_at=func.coalesce(ATTEMPTS.c.started_at, now))
+        )
+        session.execute(
+            update(JOBS).where(JOBS.c.id.in_([a.job_id for a in attempts]), JOBS.c.status == JobStatus.STARTING.value)
+            .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(JOBS.c.started_at, now))
+        )
+
+    def _record_endings(self, session: Session, endings: Sequence[Ending], report: CycleReport) -> None:
+        """Attempts end; their jobs succeed, fail, or go back to the queue for another attempt."""
+        if not endings:
+            return
+        session.execute(
+            update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid"))
+            .values(status=bindparam("st"), exit_code=bindparam("code"), reason=bindparam("why"),
+                    ended_at=bindparam("end")),
+            [{"aid": e.attempt.id, "st": e.status.value, "code": e.exit_code, "why": e.reason, "end": e.ended_at}
+             for e in endings],
+        )
+        job_rows = []
+        requeued: Counter[int] = Counter()
+        for e in endings:
+            a = e.attempt
+            active = a.task_status in DISPATCHABLE and a.request is None
+            failures = a.failures + (1 if e.status == AttemptStatus.FAILED else 0)
+            if e.status == AttemptStatus.SUCCEEDED:
+                status = JobStatus.SUCCEEDED
+            elif e.status == AttemptStatus.KILLED:
+                status = JobStatus.KILLED
+            elif not active:
+                status = JobStatus.KILLED if a.request else JobStatus.FAILED
+            elif e.status == AttemptStatus.LOST:
+                status = JobStatus.QUEUED if a.attempts - a.failures < LOST_LIMIT else JobStatus.FAILED
+            elif a.is_scout and a.task_status == TaskStatus.SCOUTING:
+                status = JobStatus.FAILED  # a scout's failure is the signal itself: no retry
+            else:
+                status = JobStatus.QUEUED if failures <= a.max_retries else JobStatus.FAILED
+            if status == JobStatus.QUEUED:
+                requeued[a.task_id] += 1
+            report.counts[f"{'retried' if status == JobStatus.QUEUED else status.value}"] += 1
+            job_rows.append({
+                "jid": a.job_id, "st": status.value, "fails": failures, "code": e.exit_code, "why": e.reason,
+                "end": None if status == JobStatus.QUEUED else e.ended_at, "qat": e.ended_at,
+            })
+        session.execute(
+            update(JOBS).where(JOBS.c.id == bindparam("jid"))
+            .values(status=bindparam("st"), failures=bindparam("fails"), exit_code=bindparam("code"),
+                    reason=bindparam("why"), ended_at=bindparam("end"), queued_at=bindparam("qat")),
+            job_rows,
+        )
+        self._add_queued(session, requeued)
+
+    @staticmethod
+    def _add_queued(session: Session, deltas: Counter[int]) -> None:
+        if deltas:
+            session.execute(
+                update(TASKS).where(TASKS.c.id == bindparam("tid")).values(n_queued=TASKS.c.n_queued + bindparam("d")),
+                [{"tid": t, "d": d} for t, d in deltas.items()],
+            )
+
+    def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float) -> None:
+        """Charge weighted slot-seconds to owners as attempts run; decay everyone's usage to `now`."""
+        ended_at = {e.attempt.id: e.ended_at for e in endings}
+        charges: Counter[int] = Counter()
+        marks = []
+        for a in live:
+            start = a.charged_until or a.started_at
+            if start is None:
+                continue
+            until = min(ended_at.get(a.id, now), now)
+            if until > start:
+                charges[a.owner_id] += (until - start) * a.weight
+                marks.append({"aid": a.id, "until": until})
+        if marks:
+            session.execute(
+                update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(charged_until=bindparam("until")),
+                marks,
+            )
+        half_life = self.settings.fairshare.half_life_days * 86400.0
+        users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
+            (USERS.c.usage > 0) | USERS.c.id.in_(list(charges)))).all()
+        if not users:
+            return
+        ids = np.array([u[0] for u in users])
+        usage = fairshare.decay(np.array([u[1] for u in users], dtype=float),
+                                np.maximum(0.0, now - np.array([u[2] for u in users], dtype=float)), half_life)
+        usage += np.array([charges.get(int(i), 0.0) for i in ids])
+        usage[usage < 1e-6] = 0.0
+        session.execute(
+            update(USERS).where(USERS.c.id == bindparam("uid")).values(usage=bindparam("u"), usage_at=now),
+            [{"uid": int(i), "u": float(u)} for i, u in zip(ids, usage)],
+        )
+
+    # ------------------------------------------------------------------ 2. user requests
+    def apply_requests(self, report: CycleReport) -> None:
+        """Kill the live jobs of killed and deleted tasks; then forget the deleted ones."""
+        with self.tx() as session:
+            requests = session.execute(
+                select(Task.id, Task.request, Task.output_root).where(Task.request.is_not(None))
+            ).all()
+            if not requests:
+                return
+            live = self.live_attempts(session, [r.id for r in requests])
+        if live:
+            self._kill(live)  # backend first: repeating a kill after a crash is harmless
+        now = self.clock()
+        purge = []
+        with self.tx() as session:
+            self._record_endings(
+                session, [Ending(a, AttemptStatus.KILLED, None, "killed by user", now) for a in live], report
+            )
+            for task_id, request, root in requests:
+                session.execute(
+                    update(JOBS).where(JOBS.c.task_id == task_id,
+                                       JOBS.c.status.in_([JobStatus.HELD.value, JobStatus.QUEUED.value]))
+                    .values(status=JobStatus.KILLED.value, reason="killed by user", ended_at=now)
+                )
+                if request == "kill":
+                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(request=None, n_queued=0))
+                else:
+                    remove_task_rows(session, task_id)
+                    report.counts["deleted"] += 1
+                    if request == "purge":
+                        purge.append(root)
+        for name in {a.cluster for a in live}:
+            self.backend(name).release([a.backend_name for a in live if a.cluster == name])
+        for root in purge:
+            purge_outputs(root)
+
+    # ------------------------------------------------------------------ 3. expand
+    def expand(self, report: CycleReport) -> None:
+        with self.tx() as session:
+            registered = session.scalars(
+                select(Task.id).where(Task.status == TaskStatus.REGISTERED.value, Task.request.is_(None)).order_by(Task.id)
+            ).all()
+        for task_id in registered:
+            with self.tx() as session:  # one task, one transaction
+                report.counts["jobs expanded"] += expand_task(session, task_id, self.clock())
+
+    # ------------------------------------------------------------------ 4. task states
+    def advance_tasks(self, report: CycleReport) -> None:
+        """Release or break scouting tasks; finish running tasks whose jobs are all final."""
+        threshold = self.settings.scheduler.scout_success_threshold
+        now = self.clock()
+        with self.tx() as session:
+            scouting = session.execute(
+                select(Task.id, Task.n_scouts).where(Task.status == TaskStatus.SCOUTING.value, Task.request.is_(None))
+            ).all()
+            finals = self._final_counts(session, [t.id for t in scouting], scouts_only=True)
+            for task_id, n_scouts in scouting:
+                counts = finals.get(task_id, {})
+                verdict = scout_verdict(counts.get(JobStatus.SUCCEEDED, 0), counts.get(JobStatus.FAILED, 0)
+                                        + counts.get(JobStatus.KILLED, 0), n_scouts, threshold)
+                if verdict == TaskStatus.RUNNING:
+                    released = session.execute(
+                        update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
+                        .values(status=JobStatus.QUEUED.value, queued_at=now)
+                    ).rowcount
+                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
+                        status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
+                        n_queued=TASKS.c.n_queued + released))
+                    report.counts["tasks released"] += 1
+                elif verdict == TaskStatus.BROKEN:
+                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
+                        status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id, n_scouts),
+                        updated_at=now, finished_at=now))
+                    report.counts["tasks broken"] += 1
+            running = session.scalars(
+                select(Task.id).where(Task.status == TaskStatus.RUNNING.value, Task.n_queued == 0,
+                                      Task.request.is_(None))
+            ).all()
+            pending = (JobStatus.HELD.value, JobStatus.QUEUED.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
+            for task_id in running:
+                busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, JOBS.c.status.in_(pending))))
+                if busy:
+                    continue
+                counts = self._final_counts(session, [task_id]).get(task_id, {})
+                status = final_task_status(counts.get(JobStatus.SUCCEEDED, 0), counts.get(JobStatus.FAILED, 0),
+                                           counts.get(JobStatus.KILLED, 0))
+                reason = None if status == TaskStatus.COMPLETED else (
+                    f"{counts.get(JobStatus.FAILED, 0)} job(s) failed after all retries, "
+                    f"{counts.get(JobStatus.KILLED, 0)} killed; `maestro task retry` re-queues them")
+                session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
+                    status=status.value, reason=reason, updated_at=now, finished_at=now))
+                report.counts[f"tasks {status.value}"] += 1
+
+    @staticmethod
+    def _final_counts(session: Session, task_ids: Sequence[int], scouts_only: bool = False) -> dict[int, dict[str, int]]:
+        if not task_ids:
+            return {}
+        final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.KILLED.value)
+        query = select(JOBS.c.task_id, JOBS.c.status, func.count()).where(
+            JOBS.c.task_id.in_(task_ids), JOBS.c.status.in_(final))
+        if scouts_only:
+            query = query.where(JOBS.c.is_scout.is_(True))
+        out: dict[int, dict[str, int]] = defaultdict(dict)
+        for task_id, status, n in session.execute(query.group_by(JOBS.c.task_id, JOBS.c.status)):
+            out[task_id][status] = n
+        return out
+
+    @staticmethod
+    def _broken_reason(session: Session, task_id: int, n_scouts: int) -> str:
+        rows = session.execute(
+            select(JOBS.c.index, JOBS.c.exit_code, JOBS.c.reason).where(
+                JOBS.c.task_id == task_id, JOBS.c.is_scout.is_(True), JOBS.c.status == JobStatus.FAILED.value)
+            .order_by(JOBS.c.index)
+        ).all()
+        codes = ", ".join(f"job {i}: {why or f'exit code {code}'}" for i, code, why in rows[:5])
+        return (f"{len(rows)} of {n_scouts} scout job(s) failed ({codes}); fix the command or image, then "
+                "`maestro task retry` runs the scouts again (`maestro task show` has their logs)")
+
+    # ------------------------------------------------------------------ 5. fill free slots
+    def fill(self, report: CycleReport) -> None:
+        now = self.clock()
+        with self.tx() as session:
+            plan = self._plan(session, now)
+            if not plan:
+                return
+            specs = self._dispatch(session, plan, now)
+        report.counts["started"] += len(specs)
+        by_cluster: dict[str, list[LaunchSpec]] = defaultdict(list)
+        for spec in specs:
+            by_cluster[spec.cluster.name].append(spec)
+        for cluster, cluster_specs in by_cluster.items():
+            launched = self.backend(cluster).launch(cluster_specs)
+            self._acknowledge(cluster_specs, launched, report)
+
+    def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:
+        """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy."""
+        tasks = session.execute(
+            select(Task.id, Task.owner_id, Task.cluster, Task.queue, Task.n_queued, Task.priority, Task.created_at,
+                   Task.status)
+            .where(Task.status.in_(DISPATCHABLE), Task.n_queued > 0, Task.request.is_(None))
+        ).all()
+        if not tasks:
+            return []
+        queues = [(c.name, q.name) for c in self.settings.clusters.values() for q in c.queues.values()]
+        queue_index = {key: i for i, key in enumerate(queues)}
+        running = session.execute(
+            select(Task.cluster, Task.queue, Task.owner_id, func.count())
+            .join(Job, Job.task_id == Task.id).join(Attempt, Attempt.job_id == Job.id)
+            .where(Attempt.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
+            .group_by(Task.cluster, Task.queue, Task.owner_id)
+        ).all()
+        busy = np.zeros(len(queues), dtype=np.int64)
+        user_running: Counter[int] = Counter()
+        for cluster, queue, owner, n in running:
+            if (cluster, queue) in queue_index:
+                busy[queue_index[(cluster, queue)]] += n
+            user_running[owner] += n
+        slots = np.array([self.settings.clusters[c].queues[q].slots for c, q in queues], dtype=np.int64)
+        free = np.maximum(0, slots - busy)
+        tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
+        if not free.any() or not tasks:
+            return []
+        owner_ids = sorted({t.owner_id for t in tasks})
+        users = {u.id: u for u in session.execute(
+            select(User.id, User.share, User.max_running, User.usage, User.usage_at).where(User.id.in_(owner_ids)))}
+        user_index = {uid: i for i, uid in enumerate(owner_ids)}
+        fs = self.settings.fairshare
+        default_cap = self.settings.scheduler.max_running_per_user
+        inp = fairshare.PolicyInput(
+            now=now,
+            user_usage=fairshare.decay(np.array([users[u].usage for u in owner_ids], dtype=float),
+                                       np.maximum(0.0, now - np.array([users[u].usage_at for u in owner_ids])),
+                                       fs.half_life_days * 86400.0),
+            user_share=np.array([max(users[u].share, 1e-9) for u in owner_ids], dtype=float),
+            user_running=np.array([user_running[u] for u in owner_ids], dtype=np.int64),
+            user_cap=np.array([users[u].max_running if users[u].max_running is not None else default_cap
+                               for u in owner_ids], dtype=np.int64),
+            task_user=np.array([user_index[t.owner_id] for t in tasks], dtype=np.int64),
+            task_queue=np.array([queue_index[(t.cluster, t.queue)] for t in tasks], dtype=np.int64),
+            task_queued=np.array([t.n_queued for t in tasks], dtype=np.int64),
+            task_priority=np.array([t.priority for t in tasks], dtype=np.int64),
+            task_created=np.array([t.created_at for t in tasks], dtype=float),
+            task_scouting=np.array([t.status == TaskStatus.SCOUTING for t in tasks], dtype=bool),
+            queue_free=free,
+            queue_charge=np.array([self._weight(c, q) for c, q in queues], dtype=float),
+        )
+        take = fairshare.allocate(inp, fs, slot_seconds=self.settings.scheduler.interval)
+        return [(tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
+
+    def _weight(self, cluster: str, queue: str) -> float:
+        q = self.settings.clusters[cluster].queues[queue]
+        fs = self.settings.fairshare
+        return q.cpu * fs.cpu_weight + q.gpu * fs.gpu_weight
+
+    def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float) -> list[LaunchSpec]:
+        """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue."""
+        head = (
+            select(JOBS.c.id).where(JOBS.c.task_id == bindparam("tid"), JOBS.c.status == JobStatus.QUEUED.value)
+            .order_by(JOBS.c.id).limit(bindparam("n"))
+        )
+        chosen: list[int] = []
+        for task_id, n in plan:
+            chosen += session.scalars(head, {"tid": task_id, "n": n}).all()
+        if not chosen:
+            return []
+        rows = session.execute(
+            update(JOBS).where(JOBS.c.id.in_(chosen), JOBS.c.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
+            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.output_dir)
+        ).all()
+        task_info = {t.id: t for t in session.execute(
+            select(Task.id, Task.name, Task.cluster, Task.queue, Task.image, Task.max_time, Task.output_root,
+                   User.name.label("user")).join(User, User.id == Task.owner_id)
+            .where(Task.id.in_({r.task_id for r in rows})))}
+        specs = []
+        attempts = []
+        for r in rows:
+            t = task_info[r.task_id]
+            cluster = self.settings.cluster(t.cluster)
+            name = backend_name(r.task_id, r.index, r.attempts)
+            log_path = f"{t.output_root}/.attempts/{name}/log"
+            specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
+                                    t.image, r.command, r.output_dir, log_path, t.max_time, cluster))
+            attempts.append({"job_id": r.id, "number": r.attempts, "backend_name": name, "cluster": t.cluster,
+                             "status": AttemptStatus.STARTING.value, "log_path": log_path,
+                             "weight": self._weight(t.cluster, t.queue), "created_at": now})
+        session.execute(insert(Attempt), attempts)
+        self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
+        return specs
+
+    def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport) -> None:
+        """Record what the backend started; a refused create fails the attempt (and maybe the job)."""
+        now = self.clock()
+        ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
+        refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None]
+        with self.tx() as session:
+            if ok:
+                session.execute(
+                    update(ATTEMPTS).where(ATTEMPTS.c.backend_name == bindparam("name"),
+                                           ATTEMPTS.c.status == AttemptStatus.STARTING.value)
+                    .values(status=AttemptStatus.RUNNING.value, host=bindparam("host"), pid=bindparam("pid"),
+                            pid_start=bindparam("pstart"), started_at=bindparam("at")),
+                    [{"name": s.backend_name, "host": l.host, "pid": l.pid, "pstart": l.pid_start,
+                      "at": l.started_at or now} for s, l in ok],
+                )
+                session.execute(
+                    update(JOBS).where(JOBS.c.id == bindparam("jid"), JOBS.c.status == JobStatus.STARTING.value)
+                    .values(status=JobStatus.RUNNING.value, started_at=bindparam("at")),
+                    [{"jid": s.job_id, "at": l.started_at or now} for s, l in ok],
+                )
+            if refused:
+                live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
+                endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now)
+                           for s, l in refused if s.backend_name in live]
+                self._record_endings(session, endings, report)

@@ -1,0 +1,155 @@
+"""The scheduler service: hold the lease, run a cycle every `interval`, and an early one when work
+arrives (a NOTIFY on PostgreSQL, a change counter polled on SQLite, a child process exiting).
+
+`--once` runs one cycle (cron), `--until-idle` cycles until nothing is queued or running (small
+installs, tests, demos). SIGTERM and SIGINT finish the current step and stop cleanly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select as sql_select
+
+from orchestra.db.engine import is_sqlite
+from orchestra.db.models import Attempt, ChangeCounter, Task
+from orchestra.scheduler.cycle import CycleReport, Scheduler
+from orchestra.scheduler.lease import LeaseLost
+from orchestra.services.context import WAKEUP_CHANNEL, Context
+from orchestra.states import ACTIVE_TASK, LIVE_ATTEMPT
+
+log = logging.getLogger("orchestra.scheduler")
+
+
+@dataclass
+class LoopOptions:
+    once: bool = False
+    until_idle: bool = False
+    interval: float | None = None
+    max_cycles: int | None = None
+
+
+class Waker:
+    """Sleeps until the next cycle is due or something happened: a NOTIFY (PostgreSQL), a change of
+    the CLI's counter (SQLite, polled), a SIGCHLD from a local job, or a stop signal."""
+
+    def __init__(self, ctx: Context, poll: float) -> None:
+        self.ctx = ctx
+        self.poll = poll
+        self.stop = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._listener = None
+        self._counter = self.counter()
+        if not is_sqlite(ctx.engine):
+            raw = ctx.engine.raw_connection()
+            raw.set_isolation_level(0)  # autocommit: LISTEN takes effect at once
+            raw.cursor().execute(f"LISTEN {WAKEUP_CHANNEL}")
+            self._listener = raw
+
+    def counter(self) -> int:
+        with self.ctx.engine.connect() as conn:
+            return conn.execute(sql_select(ChangeCounter.value).where(ChangeCounter.name == "cli")).scalar() or 0
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # its byte on the wakeup fd is what counts
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+
+    def _on_stop(self, *_: object) -> None:
+        self.stop = True
+
+    def wait(self, seconds: float) -> str:
+        """Block up to `seconds`; returns why it woke up."""
+        deadline = time.monotonic() + seconds
+        while not self.stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "interval"
+            fds = [self._read] + ([self._listener.connection] if self._listener else [])  # type: ignore[attr-defined]
+            ready, _, _ = select.select(fds, [], [], min(left, self.poll))
+            if self._read in ready:
+                try:
+                    while os.read(self._read, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                return "signal"
+            if self._listener is not None and ready:
+                conn = self._listener.connection  # type: ignore[attr-defined]
+                conn.poll()
+                if conn.notifies:
+                    conn.notifies.clear()
+                    return "notify"
+            value = self.counter()
+            if value != self._counter:
+                self._counter = value
+                return "change"
+        return "stop"
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        os.close(self._read)
+        os.close(self._write)
+
+
+def is_idle(ctx: Context) -> bool:
+    """Nothing left to do: no active task and no live attempt."""
+    with ctx.engine.connect() as conn:
+        active = conn.execute(sql_select(func.count()).select_from(Task).where(
+            Task.status.in_([s.value for s in ACTIVE_TASK]) | Task.request.is_not(None))).scalar()
+        live = conn.execute(sql_select(func.count()).select_from(Attempt).where(
+            Attempt.status.in_([s.value for s in LIVE_ATTEMPT]))).scalar()
+    return not active and not live
+
+
+def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) -> int:
+    """The service loop; returns the process exit code."""
+    scheduler = Scheduler(ctx)
+    interval = options.interval if options.interval is not None else ctx.settings.scheduler.interval
+    waker = Waker(ctx, ctx.settings.scheduler.poll_interval)
+    waker.install_signals()
+    announced = False
+    try:
+        while not scheduler.lease.try_acquire():
+            holder, expires = scheduler.lease.current()
+            if options.once:
+                say(f"another scheduler ({holder}) holds the lease until {time.ctime(expires)}; skipping this cycle")
+                return 0
+            if not announced:
+                say(f"waiting: another scheduler ({holder}) is active; taking over if it stops")
+                announced = True
+            if waker.wait(min(5.0, ctx.settings.scheduler.lease_ttl / 3)) == "stop":
+                return 0
+        say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
+        cycles = 0
+        # A short pass when woken by an event, a full cycle when the interval is due: same steps,
+        # each bounded by slots and active tasks, so an event pass costs little.
+        while not waker.stop:
+            report: CycleReport = scheduler.cycle()
+            cycles += 1
+            say(report.line())
+            if options.once or (options.max_cycles and cycles >= options.max_cycles):
+                break
+            if options.until_idle and is_idle(ctx):
+                say("idle: nothing queued or running")
+                break
+            # Until idle, wake often: ending jobs of earlier schedulers are seen by polling.
+            waker.wait(min(interval, 1.0) if options.until_idle else interval)
+        return 0
+    except LeaseLost as exc:
+        say(f"stopping: {exc}")
+        return 3
+    finally:
+        scheduler.lease.release()
+        scheduler.close()
+        waker.close()
+        signal.set_wakeup_fd(-1)

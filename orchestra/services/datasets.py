@@ -1,0 +1,171 @@
+"""Datasets: register a file or a directory under a `user.<owner>.<name>` name, list, show, delete."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from orchestra.db.models import Dataset, DatasetFile, Task, User
+from orchestra.errors import NotFound, OrchestraError
+from orchestra.naming import check_ownership, owner_of
+from orchestra.services.context import Context
+from orchestra.states import ACTIVE_TASK
+
+BATCH = 20_000
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: int
+    name: str
+    owner: str
+    cluster: str
+    path: str
+    is_dir: bool
+    n_files: int
+    total_size: int
+    created_at: float
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, int]]:
+    """Every regular file under `root`, recursively, in sorted path order (the job order)."""
+    stack = [root]
+    found: list[tuple[str, int]] = []
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    found.append((entry.path, entry.stat(follow_symlinks=True).st_size))
+    found.sort()
+    return iter(found)
+
+
+def _resolve_path(ctx: Context, raw: str, cluster: str) -> Path:
+    path = Path(os.path.expanduser(raw))
+    path = (Path.cwd() / path) if not path.is_absolute() else path
+    path = Path(os.path.normpath(path))
+    if not path.exists():
+        raise OrchestraError(f"path {raw!r} does not exist (resolved to {path}); give a file or directory that exists")
+    if not os.access(path, os.R_OK):
+        raise OrchestraError(f"path {path} is not readable; fix its permissions")
+    storage = ctx.settings.cluster(cluster).storage
+    if ctx.settings.cluster(cluster).restrict_to_storage and not path.is_relative_to(storage):
+        raise OrchestraError(
+            f"path {path} is outside cluster {cluster}'s storage {storage}; move it there so jobs can read it"
+        )
+    return path
+
+
+def register(ctx: Context, name: str, raw_path: str, cluster: str) -> DatasetInfo:
+    """Record a dataset and its files (path, size), after every check has passed."""
+    owner = check_ownership(name, ctx.user, "dataset", admin=ctx.admin)
+    ctx.settings.cluster(cluster)
+    path = _resolve_path(ctx, raw_path, cluster)
+    if path.is_dir():
+        try:
+            files = list(walk_files(path))
+        except OSError as exc:
+            raise OrchestraError(f"cannot list {path}: {exc.strerror}; fix its permissions") from None
+        if not files:
+            raise OrchestraError(f"directory {path} has no files; put the files in it first, then register it")
+    elif path.is_file():
+        files = [(str(path), path.stat().st_size)]
+    else:
+        raise OrchestraError(f"path {path} is neither a file nor a directory")
+
+    now = time.time()
+    with ctx.transaction() as session:
+        if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+            raise OrchestraError(
+                f"dataset {name!r} already exists; choose another name or `maestro dataset delete -d {name}` first"
+            )
+        owner_id = ctx.user_id(session, owner)
+        dataset = Dataset(
+            name=name, owner_id=owner_id, cluster=cluster, path=str(path), is_dir=path.is_dir(),
+            n_files=len(files), total_size=sum(size for _, size in files), created_at=now,
+        )
+        session.add(dataset)
+        session.flush()
+        for start in range(0, len(files), BATCH):
+            chunk = files[start : start + BATCH]
+            session.execute(
+                insert(DatasetFile),
+                [
+                    {"dataset_id": dataset.id, "position": start + i, "path": p, "size": size}
+                    for i, (p, size) in enumerate(chunk)
+                ],
+            )
+        return _info(dataset, owner)
+
+
+def _info(dataset: Dataset, owner: str) -> DatasetInfo:
+    return DatasetInfo(
+        dataset.id, dataset.name, owner, dataset.cluster, dataset.path, dataset.is_dir,
+        dataset.n_files, dataset.total_size, dataset.created_at,
+    )
+
+
+def get(session: Session, name: str) -> tuple[Dataset, str]:
+    row = session.execute(
+        select(Dataset, User.name).join(User, User.id == Dataset.owner_id).where(Dataset.name == name)
+    ).first()
+    if row is None:
+        raise NotFound(f"dataset {name!r} does not exist; register it with orchestra_registry.py -d {name} -p PATH")
+    return row[0], row[1]
+
+
+def list_datasets(ctx: Context, owner: str | None = None) -> list[DatasetInfo]:
+    with ctx.transaction() as session:
+        query = select(Dataset, User.name).join(User, User.id == Dataset.owner_id).order_by(Dataset.id)
+        if owner:
+            query = query.where(User.name == owner)
+        return [_info(d, o) for d, o in session.execute(query)]
+
+
+def show(ctx: Context, name: str, limit: int = 20) -> tuple[DatasetInfo, list[tuple[str, int]]]:
+    with ctx.transaction() as session:
+        dataset, owner = get(session, name)
+        files = session.execute(
+            select(DatasetFile.path, DatasetFile.size)
+            .where(DatasetFile.dataset_id == dataset.id)
+            .order_by(DatasetFile.position)
+            .limit(limit)
+        ).all()
+        return _info(dataset, owner), [(p, s) for p, s in files]
+
+
+def config_paths(session: Session, dataset_id: int, limit: int | None = None) -> list[str]:
+    query = select(DatasetFile.path).where(DatasetFile.dataset_id == dataset_id).order_by(DatasetFile.position)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def delete_dataset(ctx: Context, name: str) -> None:
+    """Remove the record (never the files); refused while a task that is not finished uses it.
+
+    Finished tasks keep their jobs' expanded paths, so they only lose the link (SET NULL)."""
+    owner_of(name, "dataset")
+    with ctx.transaction() as session:
+        dataset, owner = get(session, name)
+        ctx.require_owner(owner, f"dataset {name!r}")
+        users = session.scalars(
+            select(Task.name).where(
+                (Task.config_dataset_id == dataset.id) | (Task.data_dataset_id == dataset.id),
+                Task.status.in_([s.value for s in ACTIVE_TASK]),
+            )
+        ).all()
+        if users:
+            raise OrchestraError(
+                f"dataset {name!r} is used by unfinished task(s) {', '.join(users)}; kill or delete them first"
+            )
+        session.execute(delete(DatasetFile).where(DatasetFile.dataset_id == dataset.id))
+        session.execute(delete(Dataset).where(Dataset.id == dataset.id))

