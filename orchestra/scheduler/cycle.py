@@ -23,10 +23,11 @@ import numpy as np
 from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from orchestra import fairshare
+from orchestra.scheduler import interim_order as fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.lease import Lease
 from orchestra.services.context import Context
@@ -182,6 +183,8 @@ class Scheduler:
                     timed_out.append(attempt)
                 elif attempt.status == AttemptStatus.STARTING:
                     confirmed.append(attempt)
+        if endings:
+            crashpoint("after-end-observed")
         if timed_out:
             self._kill(timed_out)
             endings += [Ending(a, AttemptStatus.FAILED, None, "timeout", self.clock()) for a in timed_out]
@@ -427,12 +430,15 @@ class Scheduler:
             if not plan:
                 return
             specs = self._dispatch(session, plan, now)
+        if specs:
+            crashpoint("after-dispatch-recorded")
         report.counts["started"] += len(specs)
         by_cluster: dict[str, list[LaunchSpec]] = defaultdict(list)
         for spec in specs:
             by_cluster[spec.cluster.name].append(spec)
         for cluster, cluster_specs in by_cluster.items():
             launched = self.backend(cluster).launch(cluster_specs)
+            crashpoint("after-launch")
             self._acknowledge(cluster_specs, launched, report)
 
     def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:

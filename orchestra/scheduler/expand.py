@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestra import expansion
 from orchestra.db.models import Dataset, Job, Task
+from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.services.datasets import config_paths
 from orchestra.states import JobStatus, TaskStatus
 
@@ -57,6 +58,7 @@ def expand_task(session: Session, task_id: int, now: float | None = None) -> int
     ]
     for start in range(0, len(rows), BATCH):
         session.execute(insert(Job), rows[start : start + BATCH])
+        crashpoint("mid-expansion")
     n_queued = len(scouts) if scouts else len(rows)
     session.execute(
         update(Task).where(Task.id == task_id).values(
