@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from orchestra.scheduler import interim_order as fairshare
+from orchestra import fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.db.models import Attempt, Job, Task, User
@@ -460,9 +460,11 @@ class Scheduler:
         ).all()
         busy = np.zeros(len(queues), dtype=np.int64)
         user_running: Counter[int] = Counter()
+        user_charge: Counter[int] = Counter()
         for cluster, queue, owner, n in running:
             if (cluster, queue) in queue_index:
                 busy[queue_index[(cluster, queue)]] += n
+                user_charge[owner] += n * self._weight(cluster, queue)
             user_running[owner] += n
         slots = np.array([self.settings.clusters[c].queues[q].slots for c, q in queues], dtype=np.int64)
         free = np.maximum(0, slots - busy)
@@ -492,6 +494,7 @@ class Scheduler:
             task_scouting=np.array([t.status == TaskStatus.SCOUTING for t in tasks], dtype=bool),
             queue_free=free,
             queue_charge=np.array([self._weight(c, q) for c, q in queues], dtype=float),
+            user_running_charge=np.array([user_charge[u] for u in owner_ids], dtype=float),
         )
         take = fairshare.allocate(inp, fs, slot_seconds=self.settings.scheduler.interval)
         return [(tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
