@@ -47,6 +47,8 @@ class KubernetesConfig:
     kill_grace_seconds: int = 30
     image_pull_grace_seconds: int = 300
     create_concurrency: int = 32
+    request_timeout_seconds: float = 30.0
+    retry_backoff_seconds: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class SchedulerConfig:
     max_retries: int = 2
     max_running_per_user: int = 0  # 0: no cap
     lease_ttl: float = 60.0
-    poll_interval: float = 1.0
+    poll_interval: float = 0.5
 
 
 @dataclass(frozen=True)

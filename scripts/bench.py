@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestra.config import load_settings  # noqa: E402
@@ -261,6 +261,81 @@ def bench_policy() -> list[dict]:
              "seconds": best, "baseline": None, "note": "pure numpy"}]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) -> dict:
+    """N trivial jobs, submit -> all done, with an idle scheduler already running (local backend)."""
+    from orchestra.db.models import Task
+
+    files = make_files(work / f"files{n}", n)
+    url = dbs.new(kind)
+    ctx = context(work, url, slots=slots)
+    datasets.register(ctx, "user.bench.tconfigs", str(files), "LPS")
+    datasets.register(ctx, "user.bench.tdata", str(files / "config_0000000.json"), "LPS")
+    env = {**os.environ, **_env(ctx), "ORCHESTRA_USER": "bench"}
+    orchestra = str(Path(sys.executable).parent / "orchestra")
+    scheduler = subprocess.Popen([orchestra, "scheduler", "run"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        for line in scheduler.stderr:  # type: ignore[union-attr]
+            if "cycle:" in line:
+                break  # the first (empty) cycle is done: the scheduler idles
+        cpu_before = _cpu_seconds(scheduler.pid)
+        submitted = time.time()
+        started = time.perf_counter()
+        created = tasks.create(ctx, tasks.TaskRequest(f"user.bench.true{slots}", "user.bench.tconfigs",
+                                                      "user.bench.tdata", "bench/img", ": %DATA %IN %OUT",
+                                                      bypass=True))
+        first_start: float | None = None
+        while True:
+            with ctx.transaction() as session:
+                status = session.scalar(select(Task.status).where(Task.id == created.id))
+                if first_start is None:
+                    first_start = session.scalar(select(func.min(Job.started_at)).where(Job.task_id == created.id))
+            if status in ("completed", "partial"):
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        cpu = _cpu_seconds(scheduler.pid) - cpu_before
+        assert status == "completed", status
+    finally:
+        scheduler.terminate()
+        scheduler.wait(timeout=30)
+    ctx.engine.dispose()
+    return {"seconds": seconds, "cpu_ms_per_job": 1000 * cpu / n, "jobs_per_s": n / seconds,
+            "first_start_s": (first_start or submitted) - submitted}
+
+
+def slurm_peer(n: int, slots: int) -> float | None:
+    """Stock single-node Slurm's all-done time for the same work, via shared/tools/slurm_peer.sh."""
+    tool = ROOT.parent / "shared" / "tools" / "slurm_peer.sh"
+    if not tool.exists():
+        return None
+    out = subprocess.run(["bash", str(tool), str(n), str(slots)], capture_output=True, text=True)
+    for word in out.stdout.split():
+        if word.startswith("all_done_s="):
+            return float(word.split("=", 1)[1])
+    print(out.stderr[-2000:], file=sys.stderr)
+    return None
+
+
+def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool) -> list[dict]:
+    rows = []
+    for slots in (64, 2):
+        r = bench_throughput(work, dbs, kind, n, slots)
+        slurm = slurm_peer(n, slots) if vs_slurm else None
+        note = (f"{r['jobs_per_s']:,.0f} jobs/s, first job started {r['first_start_s']:.2f} s after create, "
+                f"scheduler CPU {r['cpu_ms_per_job']:.2f} ms/job")
+        if slurm:
+            note += f"; stock Slurm {slurm:.1f} s in this run: Orchestra takes 1/{slurm / r['seconds']:.1f} of it"
+        rows.append({"scenario": f"{n:,} trivial jobs at {slots} slots, submit -> all done (local backend)",
+                     "db": kind, "seconds": r["seconds"], "baseline": None, "note": note})
+    return rows
+
+
 # ---------------------------------------------------------------------------- report
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -296,9 +371,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument("--only", default="register,expand,cycle,policy")
+    parser.add_argument("--only", default="register,expand,cycle,throughput,policy")
     parser.add_argument("--postgres-url", default=os.environ.get("ORCHESTRA_BENCH_POSTGRES_URL"))
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput scenario")
+    parser.add_argument("--vs-slurm", action="store_true", help="also run the same work through a local Slurm")
     parser.add_argument("--child-cycle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_cycle:
@@ -318,6 +395,8 @@ def main() -> None:
                 rows += bench_expand(work, dbs, kind, n)
             if "cycle" in only:
                 rows += bench_cycle(work, dbs, kind, sizes)
+            if "throughput" in only:
+                rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm)
             print(table(rows), flush=True) if kind != args.db.split(",")[-1] else None
         if "policy" in only:
             rows += bench_policy()

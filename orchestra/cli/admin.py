@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -124,6 +125,56 @@ def user_set(
             session.execute(update(User).where(User.id == uid).values(**values))
         row = session.execute(select(User.share, User.max_running).where(User.id == uid)).one()
     console.print(f"{name}: share {row[0]:g}, max running {row[1] or 'no cap'}")
+
+
+@app.command("simulate")
+def simulate(
+    trace: Annotated[str, typer.Argument(help="workload trace: .toml, .json or .csv (see examples/traces/)")],
+    csv_out: Annotated[Optional[str], typer.Option("--csv", help="write time,user,running,queued,usage")] = None,
+    png_out: Annotated[Optional[str], typer.Option("--png", help="chart of running slots (needs matplotlib)")] = None,
+    cycle: Annotated[Optional[str], typer.Option("--cycle", help="seconds between cycles (default: trace's)")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="stop at this simulated time, e.g. 6h")] = None,
+    every: Annotated[Optional[int], typer.Option("--every", help="print one table row every N cycles")] = None,
+    slots: Annotated[Optional[int], typer.Option("--slots", help="slots of a one-queue trace's queue")] = None,
+) -> None:
+    """Replay a workload trace through the real scheduler cycle on a simulated clock (throwaway database)."""
+    from orchestra import replay
+    from orchestra.cli import views
+
+    if png_out is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise OrchestraError("--png needs matplotlib (pip install matplotlib); --csv works without it") from None
+    if every is not None and every < 1:
+        raise OrchestraError("--every must be at least 1")
+    if slots is not None and slots < 0:
+        raise OrchestraError("--slots must be 0 or more")
+    for out in (csv_out, png_out):
+        if out is not None and not Path(out).absolute().parent.is_dir():
+            raise OrchestraError(f"cannot write {out}: its directory does not exist")
+    loaded = replay.load_trace(trace, slots=slots)
+    cycle_s = replay.seconds(cycle, "--cycle") if cycle is not None else None
+    if cycle_s is not None and cycle_s <= 0:
+        raise OrchestraError("--cycle must be longer than zero")
+    until_s = replay.seconds(until, "--until") if until is not None else None
+    console.print(f"simulating {trace}: {len(loaded.users)} users, {len(loaded.tasks)} tasks, "
+                  f"{sum(t.jobs for t in loaded.tasks):,} jobs, {loaded.slots} slots "
+                  f"({', '.join(f'{q.name} {q.slots}' for q in loaded.queues)})", markup=False)
+    result = replay.replay(loaded, cycle=cycle_s, until=until_s)
+    views.simulation(result, every or loaded.sample or None)
+    if csv_out:
+        try:
+            result.write_csv(csv_out)
+        except OSError as exc:
+            raise OrchestraError(f"cannot write {csv_out}: {exc.strerror}") from None
+        console.print(f"wrote {csv_out}", markup=False)
+    if png_out:
+        try:
+            result.write_png(png_out)
+        except OSError as exc:
+            raise OrchestraError(f"cannot write {png_out}: {exc.strerror}") from None
+        console.print(f"wrote {png_out}", markup=False)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import typer
 
 from orchestra.cli import views
 from orchestra.cli.common import confirm, console, context, new_app, print_json, run
+from orchestra.errors import OrchestraError
 from orchestra.services import datasets, jobs, tasks
 
 app = new_app("Orchestra: submit and follow tasks on the shared cluster.")
@@ -106,6 +107,21 @@ def job_list(
         views.job_table(rows)
 
 
+@job_app.command("why")
+def job_why(
+    job: Annotated[int, typer.Argument(help="job id (see `maestro job list` or `maestro queue --jobs`)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Why a job is not running yet: its position in the dispatch order and what it waits for."""
+    from orchestra.services import queue  # numpy: loaded only by the fair-share commands
+
+    explanation = queue.explain_job(context(), job)
+    if as_json:
+        print_json(explanation)
+    else:
+        views.job_why(explanation)
+
+
 @job_app.command("logs")
 def job_logs(
     job: Annotated[int, typer.Argument(help="job id (see `maestro job list`)")],
@@ -143,6 +159,45 @@ def dataset_delete(
     confirm(f"delete dataset {name}?", yes)
     datasets.delete_dataset(context(), name)
     console.print(f"deleted dataset {name} (files on storage untouched)")
+
+
+@app.command("queue")
+def queue_cmd(
+    user: Annotated[Optional[str], typer.Option("-u", "--user", help="only this user's pending work")] = None,
+    task: Annotated[Optional[str], typer.Option("-t", "--task", help="only this task (name or id)")] = None,
+    per_job: Annotated[bool, typer.Option("--jobs", help="one row per pending job (up to --limit)")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="with --jobs: at most this many job rows")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Pending work in dispatch order, its priority factors, and why it waits (like squeue + sprio).
+
+    One row per group of a task's pending jobs (queued / held / not expanded yet), with the position
+    of its first job in its queue: position 1 takes the next slot that frees up in that queue.
+    """
+    if limit < 1:
+        raise OrchestraError("--limit must be at least 1")
+    from orchestra.services import queue
+
+    report = queue.queue_report(context(), user, task, jobs=per_job, limit=limit)
+    if as_json:
+        print_json(report)
+    else:
+        views.queue_table(report, per_job)
+
+
+@app.command("usage")
+def usage_cmd(
+    user: Annotated[Optional[str], typer.Option("-u", "--user", help="only this user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per user: decayed usage, shares, fair-share factor, running and queued jobs, cap (like sshare)."""
+    from orchestra.services import usage
+
+    report = usage.usage_report(context(), user)
+    if as_json:
+        print_json(report)
+    else:
+        views.usage_table(report)
 
 
 def main() -> None:

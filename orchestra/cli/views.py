@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -10,6 +11,11 @@ from orchestra.services.datasets import DatasetInfo
 from orchestra.services.jobs import JobRow
 from orchestra.services.tasks import CreatedTask, TaskDetail, TaskSummary
 from orchestra.states import JobStatus
+
+if TYPE_CHECKING:  # the fair-share views load numpy: only when those commands run
+    from orchestra.replay import ReplayResult
+    from orchestra.services.queue import JobExplanation, QueueReport
+    from orchestra.services.usage import UsageReport
 
 STATUS_STYLE = {
     "registered": "cyan", "scouting": "yellow", "running": "blue", "completed": "green",
@@ -109,3 +115,136 @@ def dataset_detail(info: DatasetInfo, files: Sequence[tuple[str, int]]) -> None:
         console.print(f"  {size(n):>10}  {path}", markup=False)
     if info.n_files > len(files):
         console.print(f"  ... and {info.n_files - len(files)} more")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def queue_table(report: QueueReport, per_job: bool = False) -> None:
+    """`maestro queue`: pending work in dispatch order (per queue), the priority and why it waits."""
+    state = ", ".join(f"{q.cluster}/{q.queue} {q.busy} of {q.slots} slots in use" for q in report.queues)
+    console.print(f"queues: {state}", markup=False)
+    table = Table()
+    columns = ["pos", "queue", "task", "user", "state", "job" if per_job else "jobs", "priority", "fairshare", "age",
+               "taskprio", "scout", "why pending"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("pos", "jobs", "job", "priority", "fairshare", "age",
+                                                                 "taskprio", "scout") else "left")
+    for r in report.rows:
+        w = r.weighted or {}
+        if per_job and r.job_id is not None:
+            what = f"{r.job_id} (#{r.job_index}{', scout' if r.scouts else ''})"
+        else:
+            what = f"{r.pending}{' scouts' if r.scouts else ''}"
+        table.add_row(
+            str(r.position) if r.position else "-", f"{r.cluster}/{r.queue}", f"{r.task} ({r.task_id})", r.user,
+            styled(r.state), what, _num(r.total), _num(w.get("fairshare")), _num(w.get("age")),
+            _num(w.get("priority")), _num(w.get("scout")), r.reason,
+        )
+    console.print(table)
+    if not report.rows:
+        console.print("no pending jobs")
+    elif report.jobs_truncated:
+        console.print("(more pending jobs not shown: raise --limit, or drop --jobs for one row per task)")
+    wt = report.weights
+    console.print(f"priority = {wt['fairshare']:g} x fairshare + {wt['age']:g} x age + {wt['priority']:g} x task "
+                  f"priority (+{wt['scout']:g} while scouting); pos = place in its queue's dispatch order",
+                  markup=False, style="dim")
+
+
+def job_why(e: JobExplanation) -> None:
+    console.print(f"job {e.job_id} (#{e.job_index}{', scout' if e.is_scout else ''}) of {e.task} by {e.user}: "
+                  f"{styled(e.status)}")
+    if e.position:
+        console.print(f"  position {e.position} in {e.cluster}/{e.queue}", markup=False)
+    if e.weighted is not None and e.total is not None:
+        w = e.weighted
+        console.print(f"  priority {e.total:.0f} = fairshare {w['fairshare']:.0f} + age {w['age']:.0f} + "
+                      f"task priority {w['priority']:.0f} + scout {w['scout']:.0f}", markup=False)
+    console.print(f"  why: {e.reason}", markup=False)
+
+
+def usage_table(report: UsageReport) -> None:
+    """`maestro usage`: per-user shares, decayed usage and the fair-share factor (like sshare)."""
+    table = Table()
+    columns = ("user", "share", "norm share", "usage h", "effective h", "norm usage", "fairshare", "running",
+               "queued", "held", "cap")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "user" else "right")
+    for r in report.rows:
+        cap = "none" if r.cap <= 0 else f"{r.cap}{'' if r.cap_from == 'user' else ' (default)'}"
+        table.add_row(
+            r.user, f"{r.share:g}", f"{r.norm_share:.3f}", f"{r.usage / 3600:.1f}", f"{r.effective / 3600:.1f}",
+            f"{r.norm_usage:.3f}", f"{r.fairshare:.3f}{'' if r.ranked else '*'}", str(r.running), str(r.queued),
+            str(r.held), cap,
+        )
+    console.print(table)
+    if not report.rows:
+        console.print("no users")
+    console.print(
+        f"usage: weighted slot-hours, halved every {report.half_life_days:g} days; effective = usage + what the "
+        "running jobs will weigh; * = nothing queued: the factor it would have if it queued now",
+        markup=False, style="dim")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m = rest // 60
+    return f"{d}d{h:02d}:{m:02d}" if d else f"{h}:{m:02d}"
+
+
+def simulation(result: ReplayResult, every: int | None = None) -> None:
+    """`orchestra simulate`: running slots per user over time, then the fair-slice summary and costs."""
+    import numpy as np
+
+    n = len(result.times)
+    if every is None:
+        every = max(1, -(-n // 40))
+    table = Table(title=f"running slots per user (of {result.slots}), every {every} cycle(s) of {result.cycle:g} s")
+    table.add_column("time", justify="right")
+    table.add_column("cycle", justify="right")
+    for user, share in zip(result.users, result.shares):
+        table.add_column(f"{user} ({share:g})", justify="right")
+    table.add_column("busy", justify="right")
+    table.add_column("pending", justify="right")
+    arrivals: dict[int, list[str]] = {}
+    for user in result.users:
+        c = int(np.searchsorted(result.times, result.arrival(user) - 1e-9))
+        arrivals.setdefault(c, []).append(user)
+    for c in range(n):
+        if c % every and c not in arrivals and c != n - 1:
+            continue
+        busy = int(result.running[c].sum())
+        cells = []
+        for j in range(len(result.users)):
+            r = int(result.running[c, j])
+            pct = f" ({100 * r / busy:.0f}%)" if busy else ""
+            cells.append(f"{r}{pct}" if r or result.pending[c, j] else "-")
+        mark = " <- " + ", ".join(arrivals[c]) + " arrive" if c in arrivals and c else ""
+        table.add_row(_clock(result.times[c]) + mark, str(c), *cells, str(busy), f"{int(result.pending[c].sum()):,}")
+    console.print(table)
+    caveat = ("; counts slots, not their charge: with queues of different charge (gpu) it is only indicative"
+              if len(result.trace.queues) > 1 else "")
+    console.print("fair slice: within one slot of share x busy slots / shares of the users running or waiting"
+                  + caveat, markup=False)
+    for user, info in result.fair_slice().items():
+        if info["arrives_at"] is None:
+            console.print(f"  {user}: arrives after the end", markup=False)
+            continue
+        if info["fair_cycle"] is None:
+            got = "never within the simulated time"
+        else:
+            running = int(result.running[info["fair_cycle"], result.users.index(user)])
+            got = (f"reached at cycle {info['fair_cycle']} ({info['cycles_to_fair']} cycle(s) after arriving; "
+                   f"target {info['target']:.1f}, running {running})")
+        console.print(f"  {user}: arrives at {_clock(info['arrives_at'])} (cycle {info['arrives_cycle']}), {got}",
+                      markup=False)
+    w = result.cycle_wall
+    state = "every task done" if result.finished else "stopped before every task was done"
+    console.print(
+        f"simulated {_clock(result.times[-1] if n else 0)} in {n} cycles ({state}); wall time: setup "
+        f"{result.setup_wall:.1f} s, task submission {result.submit_wall:.1f} s, cycles {w.sum():.1f} s "
+        f"(mean {1000 * w.mean() if n else 0:.0f} ms, max {1000 * w.max() if n else 0:.0f} ms)", markup=False)
