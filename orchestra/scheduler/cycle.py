@@ -31,8 +31,9 @@ from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.lease import Lease
 from orchestra.services.context import Context
+from orchestra.services.queue import policy_input, queue_charge
 from orchestra.services.tasks import purge_outputs, remove_task_rows
-from orchestra.states import ACTIVE_TASK, AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
+from orchestra.states import AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
 
 log = logging.getLogger("orchestra.scheduler")
 
@@ -442,67 +443,16 @@ class Scheduler:
             self._acknowledge(cluster_specs, launched, report)
 
     def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:
-        """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy."""
-        tasks = session.execute(
-            select(Task.id, Task.owner_id, Task.cluster, Task.queue, Task.n_queued, Task.priority, Task.created_at,
-                   Task.status)
-            .where(Task.status.in_(DISPATCHABLE), Task.n_queued > 0, Task.request.is_(None))
-        ).all()
-        if not tasks:
-            return []
-        queues = [(c.name, q.name) for c in self.settings.clusters.values() for q in c.queues.values()]
-        queue_index = {key: i for i, key in enumerate(queues)}
-        running = session.execute(
-            select(Task.cluster, Task.queue, Task.owner_id, func.count())
-            .join(Job, Job.task_id == Task.id).join(Attempt, Attempt.job_id == Job.id)
-            .where(Attempt.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
-            .group_by(Task.cluster, Task.queue, Task.owner_id)
-        ).all()
-        busy = np.zeros(len(queues), dtype=np.int64)
-        user_running: Counter[int] = Counter()
-        user_charge: Counter[int] = Counter()
-        for cluster, queue, owner, n in running:
-            if (cluster, queue) in queue_index:
-                busy[queue_index[(cluster, queue)]] += n
-                user_charge[owner] += n * self._weight(cluster, queue)
-            user_running[owner] += n
-        slots = np.array([self.settings.clusters[c].queues[q].slots for c, q in queues], dtype=np.int64)
-        free = np.maximum(0, slots - busy)
-        tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
-        if not free.any() or not tasks:
-            return []
-        owner_ids = sorted({t.owner_id for t in tasks})
-        users = {u.id: u for u in session.execute(
-            select(User.id, User.share, User.max_running, User.usage, User.usage_at).where(User.id.in_(owner_ids)))}
-        user_index = {uid: i for i, uid in enumerate(owner_ids)}
-        fs = self.settings.fairshare
-        default_cap = self.settings.scheduler.max_running_per_user
-        inp = fairshare.PolicyInput(
-            now=now,
-            user_usage=fairshare.decay(np.array([users[u].usage for u in owner_ids], dtype=float),
-                                       np.maximum(0.0, now - np.array([users[u].usage_at for u in owner_ids])),
-                                       fs.half_life_days * 86400.0),
-            user_share=np.array([max(users[u].share, 1e-9) for u in owner_ids], dtype=float),
-            user_running=np.array([user_running[u] for u in owner_ids], dtype=np.int64),
-            user_cap=np.array([users[u].max_running if users[u].max_running is not None else default_cap
-                               for u in owner_ids], dtype=np.int64),
-            task_user=np.array([user_index[t.owner_id] for t in tasks], dtype=np.int64),
-            task_queue=np.array([queue_index[(t.cluster, t.queue)] for t in tasks], dtype=np.int64),
-            task_queued=np.array([t.n_queued for t in tasks], dtype=np.int64),
-            task_priority=np.array([t.priority for t in tasks], dtype=np.int64),
-            task_created=np.array([t.created_at for t in tasks], dtype=float),
-            task_scouting=np.array([t.status == TaskStatus.SCOUTING for t in tasks], dtype=bool),
-            queue_free=free,
-            queue_charge=np.array([self._weight(c, q) for c, q in queues], dtype=float),
-            user_running_charge=np.array([user_charge[u] for u in owner_ids], dtype=float),
-        )
-        take = fairshare.allocate(inp, fs, slot_seconds=self.settings.scheduler.interval)
-        return [(tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
+        """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy.
 
-    def _weight(self, cluster: str, queue: str) -> float:
-        q = self.settings.clusters[cluster].queues[queue]
-        fs = self.settings.fairshare
-        return q.cpu * fs.cpu_weight + q.gpu * fs.gpu_weight
+        The input comes from `services.queue.policy_input`, the same function behind `maestro queue`
+        and `maestro job why`, so what users are told is what this step decides.
+        """
+        view = policy_input(session, self.settings, now)
+        if not view.tasks or not view.free.any():
+            return []
+        take = fairshare.allocate(view.inp, self.settings.fairshare, slot_seconds=self.settings.scheduler.interval)
+        return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
 
     def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float) -> list[LaunchSpec]:
         """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue."""
@@ -535,7 +485,7 @@ class Scheduler:
                                     t.image, r.command, r.output_dir, log_path, t.max_time, cluster))
             attempts.append({"job_id": r.id, "number": r.attempts, "backend_name": name, "cluster": t.cluster,
                              "status": AttemptStatus.STARTING.value, "log_path": log_path,
-                             "weight": self._weight(t.cluster, t.queue), "created_at": now})
+                             "weight": queue_charge(self.settings, t.cluster, t.queue), "created_at": now})
         session.execute(insert(Attempt), attempts)
         self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
