@@ -70,6 +70,9 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+ADOPTED_POLL = 1.0  # seconds between looks at adopted processes (their end sends us no SIGCHLD)
+
+
 class LocalBackend:
     """Runs attempts as process groups of this machine; safe across scheduler restarts."""
 
@@ -78,6 +81,7 @@ class LocalBackend:
     def __init__(self) -> None:
         self.host = socket.gethostname()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._adopted_running = 0  # running attempts, at the last survey, that are not our children
 
     @staticmethod
     def state_dir(log_path: str) -> Path:
@@ -134,12 +138,21 @@ class LocalBackend:
     def survey(self, tracked: Sequence[Tracked]) -> Survey:
         self.reap()
         survey = Survey()
+        self._adopted_running = 0
         for item in tracked:
             if not item.log_path:
                 survey.observations[item.backend_name] = Observation(item.backend_name, Phase.MISSING)
                 continue
-            survey.observations[item.backend_name] = self._observe(item.backend_name, self.state_dir(item.log_path))
+            seen = self._observe(item.backend_name, self.state_dir(item.log_path))
+            survey.observations[item.backend_name] = seen
+            if seen.phase == Phase.RUNNING and item.backend_name not in self._children:
+                self._adopted_running += 1
         return survey
+
+    def poll_after(self) -> float | None:
+        """Our own children announce their end with SIGCHLD; processes adopted from an earlier
+        scheduler cannot, so while any runs the loop looks every `ADOPTED_POLL` seconds."""
+        return ADOPTED_POLL if self._adopted_running else None
 
     def _observe(self, name: str, state: Path) -> Observation:
         # Lock first: the exit file is written before the lock is released, never after.

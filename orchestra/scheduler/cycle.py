@@ -27,6 +27,7 @@ from orchestra import fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.scheduler import crashpoints
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.lease import Lease
@@ -54,10 +55,11 @@ def backend_name(task_id: int, job_index: int, attempt: int) -> str:
 class CycleReport:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    full: bool = True
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v) or "nothing to do"
-        return f"cycle: {parts} ({self.seconds * 1000:.0f} ms)"
+        return f"{'cycle' if self.full else 'short pass'}: {parts} ({self.seconds * 1000:.0f} ms)"
 
 
 @dataclass(frozen=True)
@@ -129,15 +131,35 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the cycle
     def cycle(self, full: bool = True) -> CycleReport:
+        """One cycle, or (`full=False`) the short pass that follows a job's end.
+
+        The short pass is the cycle minus the steps only a user's command can make necessary
+        (requests, expansion: their NOTIFY or counter change triggers a full cycle): it records what
+        ended, moves the task states that the endings decide, and fills the freed slots. Its steps
+        are the cycle's own, so it is exactly as crash-safe; each is bounded by live attempts,
+        active tasks and free slots, never by the number of queued jobs.
+        """
         started = time.perf_counter()
-        report = CycleReport()
+        report = CycleReport(full=full)
+        crashpoints.current_pass = "full" if full else "short"
         self.reconcile(report)
-        self.apply_requests(report)
-        self.expand(report)
+        if full:
+            self.apply_requests(report)
+            self.expand(report)
         self.advance_tasks(report)
         self.fill(report)
         report.seconds = time.perf_counter() - started
         return report
+
+    def poll_after(self) -> float | None:
+        """Seconds after which a backend wants a short pass even without an event (or None).
+
+        The local backend's children announce their end (SIGCHLD); processes adopted from an
+        earlier scheduler do not, and pods end far away: those backends ask to be polled.
+        """
+        waits = [getattr(b, "poll_after", lambda: None)() for b in self.backends.values()]
+        waits = [w for w in waits if w is not None]
+        return min(waits) if waits else None
 
     # ------------------------------------------------------------------ 1. reconcile
     def live_attempts(self, session: Session, task_ids: Sequence[int] | None = None) -> list[LiveAttempt]:

@@ -1,6 +1,10 @@
 """The scheduler service: hold the lease, run a cycle every `interval`, and an early one when work
 arrives (a NOTIFY on PostgreSQL, a change counter polled on SQLite, a child process exiting).
 
+Between full cycles, a job's end (SIGCHLD from a local child, or a backend that asks to be polled)
+triggers a short pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within
+milliseconds instead of at the next interval, while the full cycle keeps its own schedule.
+
 `--once` runs one cycle (cron), `--until-idle` cycles until nothing is queued or running (small
 installs, tests, demos). SIGTERM and SIGINT finish the current step and stop cleanly.
 """
@@ -11,6 +15,7 @@ import os
 import select
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,6 +106,34 @@ class Waker:
         os.close(self._write)
 
 
+class PassSummary:
+    """Short passes come by the hundred per second under load: one line per `every` seconds."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.seconds = 0.0
+        self.counts: Counter[str] = Counter()
+        self.since = time.monotonic()
+
+    def add(self, report: CycleReport, say: Callable[[str], None]) -> None:
+        self.n += 1
+        self.seconds += report.seconds
+        self.counts.update(report.counts)
+        if time.monotonic() - self.since >= self.every:
+            self.flush(say)
+
+    def flush(self, say: Callable[[str], None]) -> None:
+        if self.n:
+            parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v) or "nothing to do"
+            say(f"{self.n} short pass(es) in {time.monotonic() - self.since:.1f} s: {parts} "
+                f"({1000 * self.seconds / self.n:.1f} ms each)")
+        self.reset()
+
+
 def is_idle(ctx: Context) -> bool:
     """Nothing left to do: no active task and no live attempt."""
     with ctx.engine.connect() as conn:
@@ -131,19 +164,35 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
                 return 0
         say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
         cycles = 0
-        # A short pass when woken by an event, a full cycle when the interval is due: same steps,
-        # each bounded by slots and active tasks, so an event pass costs little.
+        passes = PassSummary()
+        next_full = 0.0  # monotonic time the next full cycle is due: at once
+        woke = "start"
         while not waker.stop:
-            report: CycleReport = scheduler.cycle()
-            cycles += 1
-            say(report.line())
+            # A full cycle when it is due or a user's command asked for one (new task, kill...);
+            # a short pass when a job ended (SIGCHLD) or a backend asked to be polled.
+            full = woke in ("start", "notify", "change") or time.monotonic() >= next_full
+            report: CycleReport = scheduler.cycle(full=full)
+            if full:
+                cycles += 1
+                next_full = time.monotonic() + interval
+                passes.flush(say)
+                say(report.line())
+            else:
+                passes.add(report, say)
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break
             if options.until_idle and is_idle(ctx):
+                passes.flush(say)
                 say("idle: nothing queued or running")
                 break
-            # Until idle, wake often: ending jobs of earlier schedulers are seen by polling.
-            waker.wait(min(interval, 1.0) if options.until_idle else interval)
+            wait = max(0.0, next_full - time.monotonic())
+            if options.until_idle:
+                wait = min(wait, 1.0)  # ends of an earlier scheduler's jobs are seen by polling
+            poll = scheduler.poll_after()
+            if poll is not None:
+                wait = min(wait, poll)
+            woke = waker.wait(wait)
+        passes.flush(say)
         return 0
     except LeaseLost as exc:
         say(f"stopping: {exc}")

@@ -1,0 +1,132 @@
+"""Event-driven turnover: with the service running, a job's end refills its slot in a short pass.
+
+The scheduler runs as the admin runs it (`orchestra scheduler run`, 300 s interval), so the only
+way 200 jobs finish in seconds is the event path: the task's NOTIFY / counter change starts the
+first cycle, each child's SIGCHLD a short pass. Each job writes a `start` and an `end` line with
+its own clock reading to a ledger; from those we check every job ran exactly once and that at no
+instant more jobs ran than the queue's 4 slots (a slot is held from dispatch to recorded end,
+which contains the job's own start-to-end interval, so an overbooked slot shows as overlap).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.scheduler_helpers import ORCHESTRA, make_inputs
+from tests.helpers import Cli
+
+N_JOBS = 200
+SLOTS = 4  # the cpu queue of tests/helpers.CONFIG
+
+
+def submit(cli: Cli, storage: Path, ledger: Path) -> None:
+    configs, data = make_inputs(storage / "turn", N_JOBS)
+    cli.ok(f"orchestra_registry -d user.alice.turn-data -p {data}")
+    cli.ok(f"orchestra_registry -d user.alice.turn-configs -p {configs}")
+    cli.ok("maestro task create -c user.alice.turn-configs -d user.alice.turn-data -t user.alice.turn "
+           "--containerImage alice/img --bypass "
+           f"--exec 'echo start %IN $(date +%s%N) >> {ledger}; sleep 0.02; "
+           f"echo end %IN $(date +%s%N) >> {ledger}; test -n %DATA%OUT'")
+
+
+class Service:
+    """`orchestra scheduler run` as the admin runs it, its log collected by a thread."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([ORCHESTRA, "scheduler", "run"], env=dict(os.environ), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)  # type: ignore[arg-type]
+        self.reader.start()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until its first (empty) cycle is done: from then on it idles until woken."""
+        deadline = time.monotonic() + timeout
+        while not any("cycle:" in line for line in self.lines):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log
+            time.sleep(0.05)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        return code
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.wait_exit(30) == 0, self.log
+        return self.log
+
+
+def wait_done(cli: Cli, service: Service, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = json.loads(cli.ok("maestro task show -t user.alice.turn --json").out)["summary"]["status"]
+        if status not in ("registered", "scouting", "running"):
+            return status
+        assert service.proc.poll() is None, f"the scheduler died: {service.log}"
+        time.sleep(0.2)
+    raise AssertionError("the task did not finish in time")
+
+
+def check_ledger(ledger: Path, storage: Path) -> None:
+    events = []
+    starts: Counter[str] = Counter()
+    ends: Counter[str] = Counter()
+    for line in ledger.read_text().splitlines():
+        kind, config, stamp = line.split()
+        (starts if kind == "start" else ends)[config] += 1
+        events.append((int(stamp), 0 if kind == "end" else 1))  # at a tie, count the end first
+    expected = {str(storage / "turn" / "configs" / f"c{i:04d}.cfg") for i in range(N_JOBS)}
+    assert set(starts) == expected and set(ends) == expected
+    assert set(starts.values()) == {1} and set(ends.values()) == {1}, "a job ran more than once"
+    running = peak = 0
+    for _, delta in sorted(events):
+        running += 1 if delta else -1
+        peak = max(peak, running)
+    assert 1 <= peak <= SLOTS, f"{peak} jobs ran at once on {SLOTS} slots"
+
+
+def test_short_passes_turn_200_jobs_over_exactly_once(cli: Cli, storage: Path, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.txt"
+    scheduler = Service()
+    scheduler.wait_idle()
+    submit(cli, storage, ledger)
+    assert wait_done(cli, scheduler) == "completed"
+    out = scheduler.stop()
+    check_ledger(ledger, storage)
+    # The work was done by short passes, not by 300 s cycles.
+    assert "short pass(es)" in out, out
+    jobs = json.loads(cli.ok("maestro job list -t user.alice.turn --json").out)
+    assert len(jobs) == N_JOBS and {j["attempts"] for j in jobs} == {1}
+
+
+@pytest.mark.parametrize("point", ["after-end-observed", "after-dispatch-recorded", "after-launch"])
+def test_kill9_in_a_short_pass_loses_and_duplicates_nothing(cli: Cli, storage: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            point: str) -> None:
+    ledger = tmp_path / "ledger.txt"
+    monkeypatch.setenv("ORCHESTRA_CRASHPOINT", f"{point}@short")
+    crashing = Service()
+    crashing.wait_idle()
+    submit(cli, storage, ledger)
+    assert crashing.wait_exit() == -signal.SIGKILL, crashing.log
+    monkeypatch.delenv("ORCHESTRA_CRASHPOINT")
+    scheduler = Service()  # adopts what the dead one left running, then carries on
+    assert wait_done(cli, scheduler) == "completed"
+    scheduler.stop()
+    check_ledger(ledger, storage)
+    jobs = json.loads(cli.ok("maestro job list -t user.alice.turn --json").out)
+    assert len(jobs) == N_JOBS and all(j["status"] == "succeeded" for j in jobs)
