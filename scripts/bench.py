@@ -272,17 +272,20 @@ def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) 
 
     files = make_files(work / f"files{n}", n)
     url = dbs.new(kind)
+    work = work / f"throughput-{kind}-{slots}"  # its own storage: attempt state dirs are per output root
+    work.mkdir()
     ctx = context(work, url, slots=slots)
     datasets.register(ctx, "user.bench.tconfigs", str(files), "LPS")
     datasets.register(ctx, "user.bench.tdata", str(files / "config_0000000.json"), "LPS")
     env = {**os.environ, **_env(ctx), "ORCHESTRA_USER": "bench"}
     orchestra = str(Path(sys.executable).parent / "orchestra")
-    scheduler = subprocess.Popen([orchestra, "scheduler", "run"], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
+    log_path = work / f"scheduler-{kind}-{slots}.log"
+    with open(log_path, "w") as log_file:
+        scheduler = subprocess.Popen([orchestra, "scheduler", "run"], env=env, stdout=log_file, stderr=log_file)
     try:
-        for line in scheduler.stderr:  # type: ignore[union-attr]
-            if "cycle:" in line:
-                break  # the first (empty) cycle is done: the scheduler idles
+        while "cycle:" not in log_path.read_text():  # the first (empty) cycle: from now on it idles
+            assert scheduler.poll() is None, log_path.read_text()
+            time.sleep(0.01)
         cpu_before = _cpu_seconds(scheduler.pid)
         submitted = time.time()
         started = time.perf_counter()

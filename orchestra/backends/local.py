@@ -125,6 +125,7 @@ class LocalBackend:
         )
 
     def _adopt(self, name: str, state: Path) -> Launched:
+        self._adopted_running += 1  # not our child: no SIGCHLD will tell its end, poll until the next survey
         pid = _read_int(state / "pid")
         return Launched(name, host=self.host, pid=pid, pid_start=process_start_time(pid) if pid else None,
                         started_at=(state / "lock").stat().st_mtime)
