@@ -49,6 +49,11 @@ class KubernetesConfig:
     create_concurrency: int = 32
     request_timeout_seconds: float = 30.0
     retry_backoff_seconds: float = 0.5
+    # Turnover: a watch on the pods wakes the scheduler service the moment one ends (RBAC verb
+    # "watch"); without it (false, or while the watch is down) the service looks for ended pods
+    # every poll_seconds while any run.
+    watch: bool = True
+    poll_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

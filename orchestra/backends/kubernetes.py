@@ -10,6 +10,10 @@ exactly that and a test checks both against what the backend really calls.
 
 A job's log reaches its log file (what `maestro job logs` reads) when its pod has ended: the
 survey that sees the end saves it, before the scheduler records the end and releases the pod.
+
+Turnover: while the scheduler service runs, a watch on the same labelled pods (kubewatch.py) wakes
+it the moment a pod ends, for a short pass; the survey stays the only thing that decides. Without
+a healthy watch (disabled, refused, the API away) the loop polls every `poll_seconds` instead.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from kubernetes.client.exceptions import ApiException, ConflictException, NotFou
 from kubernetes.config.config_exception import ConfigException
 
 from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Survey, Tracked
+from orchestra.backends.kubewatch import PodWatch
 from orchestra.config import ClusterConfig
 from orchestra.errors import OrchestraError
 
@@ -45,6 +50,7 @@ RBAC_RULES: frozenset[tuple[str, str]] = frozenset({
     ("pods", "create"),  # launch
     ("pods", "get"),  # adopt after 409 AlreadyExists
     ("pods", "list"),  # survey: one call per cycle
+    ("pods", "watch"),  # wake the scheduler when a pod ends (turnover)
     ("pods", "delete"),  # kill, release
     ("pods/log", "get"),  # save the log of an ended pod
 })
@@ -58,6 +64,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 FAIL_AFTER_GRACE = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"})
 FAIL_AT_ONCE = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 MAX_BACKOFF = 10.0
+WATCH_SECONDS = 60  # one watch stream's life on the server; then it is resumed from its last version
 
 
 class KubernetesUnavailable(OrchestraError):
@@ -146,6 +153,18 @@ def observe(pod: client.V1Pod, now: float, image_pull_grace: float) -> Observati
     return Observation(name, Phase.RUNNING, host=host)
 
 
+def pod_ended(pod: dict[str, Any]) -> bool:
+    """Whether a raw pod (a watch event's object) shows an end the survey would record at once."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return True
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if container.get("name") == CONTAINER and waiting.get("reason") in FAIL_AT_ONCE:
+            return True
+    return False
+
+
 def _never_started(reason: str | None) -> bool:
     return bool(reason) and str(reason).split(":", 1)[0] in FAIL_AFTER_GRACE | FAIL_AT_ONCE
 
@@ -212,8 +231,13 @@ class KubernetesBackend:
         tries: int = 5,
         backoff: float | None = None,
         clock: Callable[[], float] = time.time,
+        watch_seconds: int = WATCH_SECONDS,
     ) -> None:
-        """`api_client` (tests, or a caller with its own credentials) is owned from now on: `close` closes it."""
+        """`api_client` (tests, or a caller with its own credentials) is owned from now on: `close` closes it.
+
+        No thread starts here: the watch starts on the first launch or survey after `set_wakeup`,
+        so a backend made for a CLI command or a `--once` cycle never has one.
+        """
         self.cluster = cluster
         self.k8s = cluster.kubernetes
         self.namespace = self.k8s.namespace
@@ -227,6 +251,10 @@ class KubernetesBackend:
         self.backoff = self.k8s.retry_backoff_seconds if backoff is None else backoff
         self.clock = clock
         self.selector = f"{MANAGED_BY}={MANAGER},orchestra/cluster={label_value(cluster.name)}"
+        self.watch_seconds = watch_seconds
+        self._wakeup: Callable[[], None] | None = None
+        self._watch: PodWatch | None = None
+        self._live = 0  # attempts pending or running, as of the last survey and the launches since
 
     def _validate_config(self) -> None:
         key = f"clusters.{self.cluster.name}.kubernetes"
@@ -242,6 +270,11 @@ class KubernetesBackend:
         if not self.k8s.request_timeout_seconds > 0 or self.k8s.retry_backoff_seconds < 0:
             raise OrchestraError(f"config: {key}.request_timeout_seconds must be > 0 (seconds per API call) and "
                                  "retry_backoff_seconds >= 0")
+        poll = self.k8s.poll_seconds
+        if not isinstance(self.k8s.watch, bool) or isinstance(poll, bool) or not isinstance(poll, (int, float)) \
+                or not 0 < poll <= 3600:
+            raise OrchestraError(f"config: {key}.watch must be true or false, and poll_seconds a number of seconds "
+                                 f"in (0, 3600] (how often ended pods are looked for without a watch)")
 
     def _parse_tolerations(self) -> list[client.V1Toleration]:
         known = {"key", "operator", "value", "effect", "tolerationSeconds"}
@@ -379,9 +412,12 @@ class KubernetesBackend:
     def launch(self, specs: Sequence[LaunchSpec]) -> list[Launched]:
         """Create the pods concurrently. Once the API proves unavailable, the rest are not tried:
         they are reported without error and the next survey finds them missing (lost, retried)."""
+        self._start_watch()
         unavailable = threading.Event()
-        results = self._parallel(lambda spec: self._launch_one(spec, unavailable), list(specs))
-        return [r for r in results if r is not None]
+        results = [r for r in self._parallel(lambda spec: self._launch_one(spec, unavailable), list(specs))
+                   if r is not None]
+        self._live += sum(1 for r in results if r.error is None)
+        return results
 
     def _launch_one(self, spec: LaunchSpec, unavailable: threading.Event) -> Launched:
         name = spec.backend_name
@@ -440,6 +476,7 @@ class KubernetesBackend:
         The list is a consistent read (no resourceVersion=0 cache): a stale cache could miss a pod
         created a moment ago and report it lost, which would start a duplicate.
         """
+        self._start_watch()
         pods = self._call("list", "pods", lambda: self.api.list_namespaced_pod(
             self.namespace, label_selector=self.selector, _request_timeout=self.timeout)).items
         by_name = {pod.metadata.name: pod for pod in pods}
@@ -458,6 +495,7 @@ class KubernetesBackend:
         ended = [(item, survey.observations[item.backend_name]) for item in tracked if item.log_path
                  and survey.observations[item.backend_name].phase in (Phase.SUCCEEDED, Phase.FAILED)]
         self._parallel(lambda pair: self._save_log(pair[0].backend_name, pair[0].log_path, pair[1]), ended)
+        self._live = sum(1 for seen in survey.observations.values() if seen.phase in (Phase.PENDING, Phase.RUNNING))
         return survey
 
     def _save_log(self, name: str, log_path: str, seen: Observation | None = None) -> None:
@@ -520,6 +558,43 @@ class KubernetesBackend:
         except ApiException as exc:
             log.warning("cannot delete pod %s: %s", name, _status_message(exc))
 
+    # ------------------------------------------------------------------------------- turnover
+    def set_wakeup(self, callback: Callable[[], None]) -> None:
+        """`callback` (thread-safe) wakes the scheduler loop for a short pass: the watch calls it
+        when a pod ends. Only the service loop sets it; see `__init__` for when the watch starts."""
+        self._wakeup = callback
+
+    def _start_watch(self) -> None:
+        if self._watch is not None or self._wakeup is None or not self.k8s.watch:
+            return
+        self._watch = PodWatch(
+            self.api_client.configuration, self.namespace, self.selector, self._wakeup, pod_ended,
+            timeout=self.watch_seconds, request_timeout=self.timeout[0], backoff=max(self.backoff, 0.05),
+            down_after=float(self.k8s.poll_seconds))
+        self._watch.start()
+
+    @property
+    def watch_healthy(self) -> bool:
+        return self._watch is not None and self._watch.healthy
+
+    def poll_after(self) -> float | None:
+        """Seconds until the loop should look again without an event, or None (the interval).
+
+        With a healthy watch, None: every pod end is an event, and every way for the watch to go
+        blind ends its stream (a dead connection hits the read timeout, a stream is resumed from its
+        last version and replays what it missed), which makes it unhealthy or wakes the loop. What
+        sends no event at all (the scheduler's own max_time, the image-pull grace) is the full
+        cycle's job, as on the local backend. Without a healthy watch, and with pods out there,
+        `poll_seconds`.
+        """
+        if not self._live or self.watch_healthy:
+            return None
+        return float(self.k8s.poll_seconds)
+
     def close(self) -> None:
+        """Stop the watch (promptly: its read is cut off), then close the connections."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         self.api_client.close()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -112,11 +112,26 @@ class Scheduler:
         self.backends = backends if backends is not None else {}
         self.lease = lease or Lease(ctx.engine, ctx.settings.scheduler.lease_ttl)
         self.clock = time.time
+        self.wakeup: Callable[[], None] | None = None
 
     def backend(self, cluster: str) -> Backend:
         if cluster not in self.backends:
-            self.backends[cluster] = make_backend(self.settings.cluster(cluster))
+            self.backends[cluster] = self._wire(make_backend(self.settings.cluster(cluster)))
         return self.backends[cluster]
+
+    def set_wakeup(self, callback: Callable[[], None]) -> None:
+        """Hand `callback` (thread-safe; it wakes the service loop for a short pass) to every backend
+        that can learn of a job's end by itself: an optional `set_wakeup` method (the Kubernetes
+        backend's pod watch). Backends without it (local, null, simulated) are left as they are."""
+        self.wakeup = callback
+        for backend in self.backends.values():
+            self._wire(backend)
+
+    def _wire(self, backend: Backend) -> Backend:
+        setter = getattr(backend, "set_wakeup", None)
+        if setter is not None and self.wakeup is not None:
+            setter(self.wakeup)
+        return backend
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -155,7 +170,8 @@ class Scheduler:
         """Seconds after which a backend wants a short pass even without an event (or None).
 
         The local backend's children announce their end (SIGCHLD); processes adopted from an
-        earlier scheduler do not, and pods end far away: those backends ask to be polled.
+        earlier scheduler do not, and pods end far away: a Kubernetes backend whose pod watch is
+        healthy announces them (see `set_wakeup`), one without asks to be polled.
         """
         waits = [getattr(b, "poll_after", lambda: None)() for b in self.backends.values()]
         waits = [w for w in waits if w is not None]

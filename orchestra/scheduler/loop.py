@@ -1,8 +1,8 @@
 """The scheduler service: hold the lease, run a cycle every `interval`, and an early one when work
 arrives (a NOTIFY on PostgreSQL, a change counter polled on SQLite, a child process exiting).
 
-Between full cycles, a job's end (SIGCHLD from a local child, or a backend that asks to be polled)
-triggers a short pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within
+Between full cycles, a job's end (SIGCHLD from a local child, a backend's own event such as the
+Kubernetes pod watch calling `Waker.poke`, or a backend that asks to be polled) triggers a short pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within
 milliseconds instead of at the next interval, while the full cycle keeps its own schedule.
 
 `--once` runs one cycle (cron), `--until-idle` cycles until nothing is queued or running (small
@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,14 +40,20 @@ class LoopOptions:
     max_cycles: int | None = None
 
 
+POKE = b"\xff"  # what `poke` writes to the pipe: not a signal number, which set_wakeup_fd writes
+
+
 class Waker:
     """Sleeps until the next cycle is due or something happened: a NOTIFY (PostgreSQL), a change of
-    the CLI's counter (SQLite, polled), a SIGCHLD from a local job, or a stop signal."""
+    the CLI's counter (SQLite, polled), a SIGCHLD from a local job, a `poke` from a backend's
+    thread, or a stop signal."""
 
     def __init__(self, ctx: Context, poll: float) -> None:
         self.ctx = ctx
         self.poll = poll
         self.stop = False
+        self._lock = threading.Lock()
+        self._closed = False
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
@@ -71,6 +78,17 @@ class Waker:
     def _on_stop(self, *_: object) -> None:
         self.stop = True
 
+    def poke(self) -> None:
+        """Wake `wait` from any thread ("event": a short pass follows). Safe after `close`: the
+        descriptor could belong to another file by then, so a closed waker writes nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write, POKE)
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already: `wait` returns anyway
+
     def wait(self, seconds: float) -> str:
         """Block up to `seconds`; returns why it woke up."""
         deadline = time.monotonic() + seconds
@@ -78,17 +96,18 @@ class Waker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "interval"
-            fds = [self._read] + ([self._listener.connection] if self._listener else [])  # type: ignore[attr-defined]
+            fds = [self._read] + ([self._listener.driver_connection] if self._listener else [])  # type: ignore[attr-defined]
             ready, _, _ = select.select(fds, [], [], min(left, self.poll))
             if self._read in ready:
+                got = b""
                 try:
-                    while os.read(self._read, 512):
-                        pass
+                    while chunk := os.read(self._read, 512):
+                        got += chunk
                 except BlockingIOError:
                     pass
-                return "signal"
+                return "event" if got and not got.strip(POKE) else "signal"
             if self._listener is not None and ready:
-                conn = self._listener.connection  # type: ignore[attr-defined]
+                conn = self._listener.driver_connection  # type: ignore[attr-defined]
                 conn.poll()
                 if conn.notifies:
                     conn.notifies.clear()
@@ -102,8 +121,10 @@ class Waker:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
 
 
 class PassSummary:
@@ -150,6 +171,8 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
     interval = options.interval if options.interval is not None else ctx.settings.scheduler.interval
     waker = Waker(ctx, ctx.settings.scheduler.poll_interval)
     waker.install_signals()
+    if not options.once:
+        scheduler.set_wakeup(waker.poke)  # e.g. the Kubernetes pod watch: a pod ended
     announced = False
     try:
         while not scheduler.lease.try_acquire():
@@ -169,7 +192,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
         woke = "start"
         while not waker.stop:
             # A full cycle when it is due or a user's command asked for one (new task, kill...);
-            # a short pass when a job ended (SIGCHLD) or a backend asked to be polled.
+            # a short pass when a job ended (SIGCHLD, a backend's event) or a backend asked to be polled.
             full = woke in ("start", "notify", "change") or time.monotonic() >= next_full
             report: CycleReport = scheduler.cycle(full=full)
             if full:

@@ -10,17 +10,12 @@ which contains the job's own start-to-end interval, so an overbooked slot shows 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import threading
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.scheduler_helpers import ORCHESTRA, make_inputs
+from tests.e2e.scheduler_helpers import Service, check_turnover_ledger, make_inputs, wait_task_done
 from tests.helpers import Cli
 
 N_JOBS = 200
@@ -37,66 +32,12 @@ def submit(cli: Cli, storage: Path, ledger: Path) -> None:
            f"echo end %IN $(date +%s%N) >> {ledger}; test -n %DATA%OUT'")
 
 
-class Service:
-    """`orchestra scheduler run` as the admin runs it, its log collected by a thread."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([ORCHESTRA, "scheduler", "run"], env=dict(os.environ), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)  # type: ignore[arg-type]
-        self.reader.start()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_idle(self, timeout: float = 30) -> None:
-        """Until its first (empty) cycle is done: from then on it idles until woken."""
-        deadline = time.monotonic() + timeout
-        while not any("cycle:" in line for line in self.lines):
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log
-            time.sleep(0.05)
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        return code
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.wait_exit(30) == 0, self.log
-        return self.log
-
-
 def wait_done(cli: Cli, service: Service, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = json.loads(cli.ok("maestro task show -t user.alice.turn --json").out)["summary"]["status"]
-        if status not in ("registered", "scouting", "running"):
-            return status
-        assert service.proc.poll() is None, f"the scheduler died: {service.log}"
-        time.sleep(0.2)
-    raise AssertionError("the task did not finish in time")
+    return wait_task_done(cli, service, "user.alice.turn", timeout)
 
 
 def check_ledger(ledger: Path, storage: Path) -> None:
-    events = []
-    starts: Counter[str] = Counter()
-    ends: Counter[str] = Counter()
-    for line in ledger.read_text().splitlines():
-        kind, config, stamp = line.split()
-        (starts if kind == "start" else ends)[config] += 1
-        events.append((int(stamp), 0 if kind == "end" else 1))  # at a tie, count the end first
-    expected = {str(storage / "turn" / "configs" / f"c{i:04d}.cfg") for i in range(N_JOBS)}
-    assert set(starts) == expected and set(ends) == expected
-    assert set(starts.values()) == {1} and set(ends.values()) == {1}, "a job ran more than once"
-    running = peak = 0
-    for _, delta in sorted(events):
-        running += 1 if delta else -1
-        peak = max(peak, running)
-    assert 1 <= peak <= SLOTS, f"{peak} jobs ran at once on {SLOTS} slots"
+    check_turnover_ledger(ledger, {str(storage / "turn" / "configs" / f"c{i:04d}.cfg") for i in range(N_JOBS)}, SLOTS)
 
 
 def test_short_passes_turn_200_jobs_over_exactly_once(cli: Cli, storage: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ storage = "{storage}"
 default_queue = "cpu"
 
 [clusters.LPS.queues.cpu]
-slots = 8
+slots = {slots}
 cpu = 0.5
 memory = "256Mi"
 
@@ -52,6 +52,7 @@ image_pull_grace_seconds = 1
 request_timeout_seconds = {timeout}
 retry_backoff_seconds = 0.05
 create_concurrency = 8
+{kubernetes}
 """
 
 
@@ -139,13 +140,15 @@ def spec(storage: Path, cluster: ClusterConfig) -> Callable[..., LaunchSpec]:
 @pytest.fixture
 def k8s_env(env: dict[str, str], make_sim: Callable[..., KubeSim], storage: Path,
             monkeypatch: pytest.MonkeyPatch) -> Callable[..., KubeSim]:
-    """`k8s_env(faults=..., timeout=...)`: cluster LPS on the kubernetes backend, against a fresh
-    simulator found through KUBECONFIG (so a scheduler subprocess finds it too); returns the sim."""
+    """`k8s_env(faults=..., timeout=..., slots=..., kubernetes=...)`: cluster LPS on the kubernetes
+    backend (`slots` in its cpu queue, `kubernetes`: more lines of its kubernetes table), against a
+    fresh simulator found through KUBECONFIG (so a scheduler subprocess finds it too); returns the sim."""
 
-    def make(faults: Faults | None = None, node: NodeOptions | None = None, timeout: float = 5.0) -> KubeSim:
+    def make(faults: Faults | None = None, node: NodeOptions | None = None, timeout: float = 5.0, slots: int = 8,
+             kubernetes: str = "") -> KubeSim:
         sim = make_sim(faults=faults, node=node)
-        Path(env["ORCHESTRA_CONFIG"]).write_text(
-            K8S_CONFIG.format(storage=storage, namespace=NAMESPACE, timeout=timeout))
+        Path(env["ORCHESTRA_CONFIG"]).write_text(K8S_CONFIG.format(
+            storage=storage, namespace=NAMESPACE, timeout=timeout, slots=slots, kubernetes=kubernetes))
         monkeypatch.setenv("KUBECONFIG", str(sim.kubeconfig_path))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         return sim

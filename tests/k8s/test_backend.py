@@ -387,11 +387,16 @@ def test_denials_name_the_missing_permission(sim: KubeSim, backend: KubernetesBa
 
 def test_rbac_rules_cover_every_call_of_the_backend(sim: KubeSim, backend: KubernetesBackend, spec: Spec) -> None:
     s, sleeper = spec("echo x"), spec("sleep 30", job=1)
+    backend.set_wakeup(lambda: None)  # as the service loop does: the watch starts with the launch
     backend.launch([s, sleeper])
     backend.launch([s])  # 409: adopt (get)
     wait_phase(backend, [s], Phase.SUCCEEDED)  # list, log
     backend.kill(tracked(sleeper))  # log, delete
     backend.release([s.backend_name])  # delete
+    deadline = time.monotonic() + 10
+    while not backend.watch_healthy:  # watch
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert sim.verbs_seen == set(RBAC_RULES)
 
 

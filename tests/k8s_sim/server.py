@@ -9,6 +9,12 @@ No Kubernetes can run here, yet the backend must be tested with the official cli
     DELETE /api/v1/namespaces/{ns}/pods/{name}             delete (DeleteOptions body, gracePeriodSeconds)
     GET    /api/v1/namespaces/{ns}/pods/{name}/log         the container's output, text/plain
 
+A watch (`watch=true&resourceVersion=...&timeoutSeconds=...`) is a chunked stream of newline-delimited
+{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...} events; every object and list carries
+its resourceVersion, and a watch from a version compacted away (`sim.store.compact()`) gets an ERROR
+event holding a 410 `Expired` Status. `sim.api_down()` / `sim.api_up()` restart the API server on
+the same port (every connection cut, the pods kept).
+
 Errors are `kind: Status` objects. Faults are injected deterministically (keyed by seed, verb, object
 and occurrence, so thread interleaving does not change which calls fail), and any (resource, verb)
 can be denied with 401/403. A simulated node (kubelet.py) runs each pod's command as a local process.
@@ -29,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -191,19 +197,29 @@ class KubeSim:
 
     # ----------------------------------------------------------------- start / stop
     def start(self) -> KubeSim:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.sim = self
-        self._server = server
-        host, port = server.server_address[:2]
+        self._listen(("127.0.0.1", 0))
+        host, port = self._server.server_address[:2]  # type: ignore[union-attr]
         self.url = f"http://{host}:{port}"
         self._write_kubeconfig()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="k8s-sim-http", daemon=True)
-        self._thread.start()
         self.kubelet.start()
         return self
 
+    def _listen(self, address: tuple[str, int]) -> None:
+        server = _Server(address, _Handler)
+        server.sim = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="k8s-sim-http", daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
+        self.api_down()
+        self.kubelet.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def api_down(self) -> None:
+        """Stop serving HTTP, cutting every connection (watch streams end mid-stream), as an API
+        server restart does; the pods (etcd) and the node carry on. `api_up` serves again."""
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
@@ -215,8 +231,13 @@ class KubeSim:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.kubelet.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def api_up(self) -> None:
+        """Serve again on the same address (after `api_down`)."""
+        assert self._server is None, "the API is up already"
+        self._stopping.clear()
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        self._listen((host, int(port)))
 
     def __enter__(self) -> KubeSim:
         return self.start()
@@ -476,45 +497,66 @@ class KubeSim:
         return data
 
     def _watch(self, request: _Request, handler: _Handler) -> None:
-        """A chunked stream of {"type", "object"} lines until timeoutSeconds or the sim stops."""
+        """A chunked stream of {"type", "object"} lines, as the real API server sends it.
+
+        resourceVersion "" or "0": first an ADDED per matching pod, then the changes; a version:
+        the changes after it, or one ERROR event (a 410 `Expired` Status) when the log no longer
+        reaches back that far. The stream ends after timeoutSeconds (with a BOOKMARK carrying the
+        current version first, if allowWatchBookmarks), or when the server stops.
+        """
         terms = parse_selector(request.query.get("labelSelector", [""])[0])
-        timeout = float(request.query.get("timeoutSeconds", ["30"])[0])
+        bookmarks = request.query.get("allowWatchBookmarks", ["false"])[0].lower() in ("true", "1")
         since = request.query.get("resourceVersion", [""])[0]
+        try:
+            timeout = float(request.query.get("timeoutSeconds", ["1800"])[0])
+            last = int(since) if since not in ("", "0") else None
+        except ValueError:
+            raise ApiError(400, "BadRequest", f"invalid resourceVersion {since!r} or timeoutSeconds") from None
+        with self.store.lock:
+            if last is None:
+                items, version = self.store.list(request.namespace, "")
+                initial = [("ADDED", p) for p in items if matches(p, terms)]
+                last = int(version)
+            else:
+                initial = []
+                try:
+                    self.store.events_after(last)
+                except ApiError as exc:
+                    initial, last = [("ERROR", exc.status())], -1
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
 
-        def send(event: str, pod: Pod) -> None:
-            line = json.dumps({"type": event, "object": pod}).encode() + b"\n"
+        def send(event: str, obj: dict[str, Any]) -> None:
+            line = json.dumps({"type": event, "object": obj}).encode() + b"\n"
             handler.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
             handler.wfile.flush()
 
-        def matching(events: list[tuple[int, str, str, Pod]]) -> Iterator[tuple[int, str, Pod]]:
-            for version, event, ns, pod in events:
-                if ns == request.namespace and matches(pod, terms):
-                    yield version, event, pod
-
-        with self.store.lock:
-            if since in ("", "0"):
-                items, version = self.store.list(request.namespace, "")
-                initial = [p for p in items if matches(p, terms)]
-                last = int(version)
-            else:
-                initial, last = [], int(since)
         try:
-            for pod in initial:
-                send("ADDED", pod)
+            for event, obj in initial:
+                send(event, obj)
             deadline = time.monotonic() + timeout
-            while not self._stopping.is_set() and time.monotonic() < deadline:
+            while last >= 0 and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if bookmarks:
+                        send("BOOKMARK", {"kind": "Pod", "apiVersion": "v1",
+                                          "metadata": {"resourceVersion": str(self.store.version)}})
+                    break
                 with self.store.changed:
-                    events = self.store.events_after(last)
+                    try:
+                        events = self.store.events_after(last)
+                    except ApiError as exc:  # compacted while we were behind: as the real server does
+                        send("ERROR", exc.status())
+                        break
                     if not events:
-                        self.store.changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                        self.store.changed.wait(min(0.1, left))
                         continue
-                last = events[-1][0]
-                for _, event, pod in matching(events):
-                    send(event, pod)
+                last = events[-1].version
+                for e in events:
+                    if e.namespace == request.namespace and matches(e.pod, terms):
+                        send(e.type, e.pod)
             handler.wfile.write(b"0\r\n\r\n")
             handler.wfile.flush()
         except OSError:

@@ -2,10 +2,12 @@
 
 Kept apart from HTTP (server.py) and from running containers (kubelet.py) so each can be read on
 its own: this module validates and defaults a created pod, answers label selectors, versions every
-change (resourceVersion) and keeps an event log that watches stream from.
+change (resourceVersion) and keeps an event log that watches stream from. Like etcd, the log is
+compacted (beyond EVENT_LOG_LIMIT events, or on demand): a watch from an older version is 410 Gone.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import re
 import threading
@@ -13,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 Pod = dict[str, Any]
 
@@ -27,6 +29,16 @@ _SUFFIX = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
 EVENT_LOG_LIMIT = 10_000
+
+
+class Event(NamedTuple):
+    """One versioned change, as a watch streams it; `at` (time.monotonic) is for measurements."""
+
+    version: int
+    type: str  # ADDED, MODIFIED, DELETED
+    namespace: str
+    pod: Pod
+    at: float
 
 
 class ApiError(Exception):
@@ -198,16 +210,25 @@ class PodStore:
         self.changed = threading.Condition(self.lock)
         self.pods: dict[tuple[str, str], Pod] = {}
         self.version = 0
-        self.events: list[tuple[int, str, str, Pod]] = []  # (resourceVersion, type, namespace, pod)
+        self.events: list[Event] = []
+        self.compacted = 0  # the newest version no longer in the log: a watch from before it is 410 Gone
         self.creates: Counter[str] = Counter()  # name -> how many times a create was applied
         self.bodies: dict[str, Pod] = {}  # name -> the body of its first applied create, as the client sent it
 
     def _bump(self, event: str, namespace: str, pod: Pod) -> None:
         self.version += 1
         pod["metadata"]["resourceVersion"] = str(self.version)
-        self.events.append((self.version, event, namespace, copy.deepcopy(pod)))
-        del self.events[:-EVENT_LOG_LIMIT]
+        self.events.append(Event(self.version, event, namespace, copy.deepcopy(pod), time.monotonic()))
+        if len(self.events) > EVENT_LOG_LIMIT:
+            self.compacted = self.events[-EVENT_LOG_LIMIT - 1].version
+            del self.events[:-EVENT_LOG_LIMIT]
         self.changed.notify_all()
+
+    def compact(self) -> None:
+        """Forget every event so far (etcd compaction): only a watch from now on can resume."""
+        with self.lock:
+            self.compacted = self.version
+            self.events.clear()
 
     def create(self, namespace: str, body: Any) -> Pod:
         validate_pod(namespace, body)
@@ -269,6 +290,10 @@ class PodStore:
         with self.lock:
             return list(self.pods)
 
-    def events_after(self, version: int) -> list[tuple[int, str, str, Pod]]:
+    def events_after(self, version: int) -> list[Event]:
+        """The events newer than `version`; ApiError 410 when some of them were compacted away."""
         with self.lock:
-            return [e for e in self.events if e[0] > version]
+            if version < self.compacted:
+                raise ApiError(410, "Expired", f"too old resource version: {version} ({self.compacted})")
+            start = bisect.bisect_right(self.events, version, key=lambda e: e.version)
+            return self.events[start:]
