@@ -121,3 +121,13 @@ def cli(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Iterator[Cli
     runner = Cli(capsys)
     yield runner
     runner.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_scheduler_left_behind() -> Iterator[None]:
+    """A test that fails while `orchestra scheduler run` runs must not leave it running."""
+    from tests.e2e.scheduler_helpers import STARTED
+
+    yield
+    while STARTED:
+        STARTED.pop().kill()

@@ -221,6 +221,7 @@ class KubernetesBackend:
     """Runs each attempt as a pod in the cluster's namespace; see the module docstring."""
 
     name = "kubernetes"
+    starts_pending = True  # a created pod waits (scheduling, image pull): its attempt stays `starting` until it runs
 
     def __init__(
         self,

@@ -46,6 +46,9 @@ LOST_LIMIT = 5  # a job lost this many times (not its fault, but suspicious) fai
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 
 
+DEADLINE_SLACK = 0.05  # seconds past a max-time end before the short pass that enforces it
+
+
 def backend_name(task_id: int, job_index: int, attempt: int) -> str:
     """Deterministic, DNS-1123 safe, at most 63 characters: the same (job, attempt), the same name."""
     return f"orc-{task_id}-{job_index}-{attempt}"
@@ -87,6 +90,7 @@ class LiveAttempt:
     request: str | None
     weight: float
     charged_until: float | None
+    note: str | None  # why a dispatched attempt does not run yet (a pod Pending: Unschedulable, ...)
 
     def tracked(self) -> Tracked:
         return Tracked(self.backend_name, self.log_path, self.pid, self.pid_start, self.started_at)
@@ -112,6 +116,7 @@ class Scheduler:
         self.backends = backends if backends is not None else {}
         self.lease = lease or Lease(ctx.engine, ctx.settings.scheduler.lease_ttl)
         self.clock = time.time
+        self.next_deadline: float | None = None  # earliest max-time end of a live attempt (epoch s)
         self.wakeup: Callable[[], None] | None = None
 
     def backend(self, cluster: str) -> Backend:
@@ -174,6 +179,8 @@ class Scheduler:
         healthy announces them (see `set_wakeup`), one without asks to be polled.
         """
         waits = [getattr(b, "poll_after", lambda: None)() for b in self.backends.values()]
+        if self.next_deadline is not None:  # a --max-time runs out: no backend event will say so
+            waits.append(max(0.0, self.next_deadline - self.clock()) + DEADLINE_SLACK)
         waits = [w for w in waits if w is not None]
         return min(waits) if waits else None
 
@@ -184,7 +191,7 @@ class Scheduler:
                 Attempt.id, Attempt.job_id, Job.task_id, Task.owner_id, Attempt.backend_name, Attempt.status,
                 Attempt.pid, Attempt.pid_start, Attempt.log_path, Attempt.started_at, Attempt.cluster, Task.queue,
                 Job.is_scout, Job.attempts, Job.failures, Task.max_time, Task.max_retries, Task.status,
-                Task.request, Attempt.weight, Attempt.charged_until,
+                Task.request, Attempt.weight, Attempt.charged_until, Attempt.reason,
             )
             .join(Job, Job.id == Attempt.job_id)
             .join(Task, Task.id == Job.task_id)
@@ -204,6 +211,7 @@ class Scheduler:
             by_cluster[attempt.cluster].append(attempt)
         endings: list[Ending] = []
         confirmed: list[LiveAttempt] = []
+        waiting: list[tuple[LiveAttempt, str | None]] = []
         timed_out: list[LiveAttempt] = []
         strangers: dict[str, list[str]] = {}
         for cluster, attempts in by_cluster.items():
@@ -220,8 +228,13 @@ class Scheduler:
                     endings.append(Ending(attempt, AttemptStatus.FAILED, seen.exit_code, seen.reason, seen.ended_at or now))
                 elif attempt.max_time and attempt.started_at and now - attempt.started_at > attempt.max_time:
                     timed_out.append(attempt)
+                elif seen.phase == Phase.PENDING:
+                    waiting.append((attempt, seen.reason))  # stays starting: the cluster has not run it yet
                 elif attempt.status == AttemptStatus.STARTING:
                     confirmed.append(attempt)
+        ended_ids = {e.attempt.id for e in endings} | {a.id for a in timed_out}
+        self.next_deadline = min((a.started_at + a.max_time for a in live
+                                  if a.max_time and a.started_at and a.id not in ended_ids), default=None)
         if endings:
             crashpoint("after-end-observed")
         if timed_out:
@@ -229,6 +242,7 @@ class Scheduler:
             endings += [Ending(a, AttemptStatus.FAILED, None, "timeout", self.clock()) for a in timed_out]
         with self.tx() as session:
             self._confirm(session, confirmed, now)
+            self._note_waiting(session, waiting)
             self._record_endings(session, endings, report)
             self._charge_usage(session, live, endings, now)
         for cluster, attempts in by_cluster.items():
@@ -244,8 +258,20 @@ class Scheduler:
         for cluster, tracked in by_cluster.items():
             self.backend(cluster).kill(tracked)
 
+    @staticmethod
+    def _note_waiting(session: Session, waiting: Sequence[tuple[LiveAttempt, str | None]]) -> None:
+        """Why dispatched attempts do not run yet, on the attempt and its job (`maestro job why`,
+        `maestro queue`), written only when it changed: a pass costs nothing while it stays."""
+        changed = [{"aid": a.id, "jid": a.job_id, "why": why} for a, why in waiting if why != a.note]
+        if not changed:
+            return
+        session.execute(update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(reason=bindparam("why")),
+                        changed)
+        session.execute(update(JOBS).where(JOBS.c.id == bindparam("jid")).values(reason=bindparam("why")), changed)
+
     def _confirm(self, session: Session, attempts: Sequence[LiveAttempt], now: float) -> None:
-        """STARTING attempts the backend does run (a restart between create and its record)."""
+        """STARTING attempts the backend does run: a restart between create and its record, or a
+        backend whose objects wait before they run (`starts_pending`)."""
         if not attempts:
             return
         ids = [a.id for a in attempts]
@@ -257,6 +283,10 @@ class Scheduler:
             update(JOBS).where(JOBS.c.id.in_([a.job_id for a in attempts]), JOBS.c.status == JobStatus.STARTING.value)
             .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(JOBS.c.started_at, now))
         )
+        noted = [{"aid": a.id, "jid": a.job_id} for a in attempts if a.note is not None]
+        if noted:  # it runs now: the note on why it waited is over
+            session.execute(update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(reason=None), noted)
+            session.execute(update(JOBS).where(JOBS.c.id == bindparam("jid")).values(reason=None), noted)
 
     def _record_endings(self, session: Session, endings: Sequence[Ending], report: CycleReport) -> None:
         """Attempts end; their jobs succeed, fail, or go back to the queue for another attempt."""
@@ -472,13 +502,17 @@ class Scheduler:
         if specs:
             crashpoint("after-dispatch-recorded")
         report.counts["started"] += len(specs)
+        ends = [now + spec.max_time for spec in specs if spec.max_time]
+        if ends:  # the deadlines of what starts now (reconcile recomputes them from the recorded starts)
+            self.next_deadline = min([*ends, *([self.next_deadline] if self.next_deadline is not None else [])])
         by_cluster: dict[str, list[LaunchSpec]] = defaultdict(list)
         for spec in specs:
             by_cluster[spec.cluster.name].append(spec)
         for cluster, cluster_specs in by_cluster.items():
-            launched = self.backend(cluster).launch(cluster_specs)
+            backend = self.backend(cluster)
+            launched = backend.launch(cluster_specs)
             crashpoint("after-launch")
-            self._acknowledge(cluster_specs, launched, report)
+            self._acknowledge(cluster_specs, launched, report, accepted_only=getattr(backend, "starts_pending", False))
 
     def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:
         """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy.
@@ -528,13 +562,19 @@ class Scheduler:
         self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
 
-    def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport) -> None:
-        """Record what the backend started; a refused create fails the attempt (and maybe the job)."""
+    def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport,
+                     accepted_only: bool = False) -> None:
+        """Record what the backend started; a refused create fails the attempt (and maybe the job).
+
+        `accepted_only` (a backend whose objects wait before they run: a pod is Pending until a node
+        takes it): the attempts stay `starting`; the survey moves them to `running` when they run,
+        and meanwhile notes why they wait (Unschedulable, ImagePullBackOff...).
+        """
         now = self.clock()
         ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
         refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None]
         with self.tx() as session:
-            if ok:
+            if ok and not accepted_only:
                 session.execute(
                     update(ATTEMPTS).where(ATTEMPTS.c.backend_name == bindparam("name"),
                                            ATTEMPTS.c.status == AttemptStatus.STARTING.value)

@@ -322,7 +322,7 @@ class QueueRow:
     cluster: str
     queue: str
     task_status: str
-    state: str  # "queued", "held" (behind scouts), "registered" (not expanded yet), "stopping"
+    state: str  # "queued", "held" (behind scouts), "registered" (not expanded yet), "stopping", "starting"
     pending: int  # jobs in this group
     scouts: bool  # the group is the task's scout jobs
     position: int | None  # of the head (or of this job) in its queue's dispatch order; None: none now
@@ -501,6 +501,7 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
         truncated = False
         if jobs:
             rows, truncated = _expand_jobs(session, ex, rows, limit)
+        rows += _waiting_in_cluster(session, owner, task_id)
         rows.sort(key=_row_order)
         states = [QueueState(c, q, int(view.slots[i]), int(view.busy[i]), int(view.free[i]))
                   for i, (c, q) in enumerate(view.queues)]
@@ -521,7 +522,26 @@ def _group_row(t: PendingTask, state: str, pending: int, reason: str, *, scouts:
 
 def _row_order(r: QueueRow) -> tuple:
     return (r.position is None, r.cluster, r.queue, r.position or 0, r.task_id,
-            ["queued", "held", "registered", "stopping"].index(r.state), r.job_id or 0)
+            ["queued", "held", "registered", "stopping", "starting"].index(r.state), r.job_id or 0)
+
+
+def _waiting_in_cluster(session: Session, owner: int | None, task_id: int | None) -> list[QueueRow]:
+    """Jobs dispatched but not running yet, with the cluster's reason (a pod Pending: Unschedulable,
+    ImagePullBackOff...), one row per task and reason. Bounded by the live attempts."""
+    query = (
+        select(Task.id, Task.name, User.name, Task.cluster, Task.queue, Task.status, Attempt.reason, func.count())
+        .join(Job, Job.task_id == Task.id).join(Attempt, Attempt.job_id == Job.id).join(User, User.id == Task.owner_id)
+        .where(Attempt.status == AttemptStatus.STARTING.value, Attempt.reason.is_not(None))
+        .group_by(Task.id, Task.name, User.name, Task.cluster, Task.queue, Task.status, Attempt.reason)
+    )
+    if owner is not None:
+        query = query.where(Task.owner_id == owner)
+    if task_id is not None:
+        query = query.where(Task.id == task_id)
+    return [QueueRow(task_id=tid, task=name, user=user, cluster=cluster, queue=queue, task_status=status,
+                     state="starting", pending=n, scouts=False, position=None, starts_next_cycle=0,
+                     reason=f"dispatched, waiting in the cluster: {why}")
+            for tid, name, user, cluster, queue, status, why, n in session.execute(query)]
 
 
 def _live_counts(session: Session, task_ids: Sequence[int]) -> dict[int, int]:
@@ -655,6 +675,9 @@ def explain_job(ctx: Context, job_id: int, now: float | None = None) -> JobExpla
             out.reason = f"task being {'killed' if row.request == 'kill' else 'deleted'}"
             if row.status in (JobStatus.RUNNING, JobStatus.STARTING):
                 out.reason += ": this job stops at the next cycle"
+            return out
+        if row.status == JobStatus.STARTING and row.reason:
+            out.reason = f"starting: dispatched, waiting in the cluster: {row.reason}"
             return out
         if row.status in (JobStatus.RUNNING, JobStatus.STARTING):
             since = f" for {int(now - row.started_at)} s" if row.started_at else ""

@@ -60,6 +60,9 @@ def make_inputs(root: Path, n: int) -> tuple[Path, Path]:
     return configs, data
 
 
+STARTED: list["Service"] = []  # every Service of the current test; tests/conftest.py kills leftovers
+
+
 class Service:
     """`orchestra scheduler run` as the admin runs it, its log collected by a thread."""
 
@@ -69,6 +72,13 @@ class Service:
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)  # type: ignore[arg-type]
         self.reader.start()
+        STARTED.append(self)
+
+    def kill(self) -> None:
+        """SIGKILL if still running (a failed test must not leave a scheduler behind)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.wait_exit(10)
 
     @property
     def log(self) -> str:

@@ -71,3 +71,18 @@ def test_kill9_in_a_short_pass_loses_and_duplicates_nothing(cli: Cli, storage: P
     check_ledger(ledger, storage)
     jobs = json.loads(cli.ok("maestro job list -t user.alice.turn --json").out)
     assert len(jobs) == N_JOBS and all(j["status"] == "succeeded" for j in jobs)
+
+
+def test_max_time_is_enforced_between_full_cycles(cli: Cli, storage: Path) -> None:
+    """No event announces a deadline: the service wakes itself for the earliest --max-time end."""
+    configs, data = make_inputs(storage / "slow", 2)
+    cli.ok(f"orchestra_registry -d user.alice.slow-data -p {data}")
+    cli.ok(f"orchestra_registry -d user.alice.slow-configs -p {configs}")
+    scheduler = Service()
+    scheduler.wait_idle()
+    cli.ok("maestro task create -c user.alice.slow-configs -d user.alice.slow-data -t user.alice.slow "
+           "--containerImage alice/img --bypass --max-retries 0 --max-time 1s --exec 'sleep 60; echo %DATA %IN %OUT'")
+    assert wait_task_done(cli, scheduler, "user.alice.slow", timeout=20) == "partial"  # 300 s interval: not a cycle
+    scheduler.stop()
+    jobs = json.loads(cli.ok("maestro job list -t user.alice.slow --json").out)
+    assert [(j["status"], j["reason"]) for j in jobs] == [("failed", "timeout")] * 2

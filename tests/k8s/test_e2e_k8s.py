@@ -19,7 +19,7 @@ from orchestra.backends.kubernetes import RBAC_RULES
 from orchestra.services.context import Context
 from tests.e2e.scheduler_helpers import ORCHESTRA, cycles_until, make_inputs, run_scheduler, task_status
 from tests.helpers import Cli
-from tests.k8s_sim import Faults, KubeSim
+from tests.k8s_sim import Faults, KubeSim, NodeOptions
 
 K8sEnv = Callable[..., KubeSim]
 FAST = ("--until-idle", "--interval", "0.2")
@@ -196,3 +196,31 @@ def test_kill_deletes_the_running_pods(cli: Cli, storage: Path, env: dict[str, s
         scheduler.close()
         ctx.engine.dispose()
     assert_clean(sim)
+
+
+def test_a_pod_the_cluster_cannot_place_stays_starting_and_says_why(cli: Cli, storage: Path, env: dict[str, str],
+                                                                    k8s_env: K8sEnv) -> None:
+    sim = k8s_env(node=NodeOptions(capacity={"cpu": "16", "memory": "64Gi"}))  # a node without GPUs
+    register(cli, storage, 2)
+    create(cli, "gpujob", "echo %DATA %IN %OUT", "--bypass --queue gpu")
+    ctx = Context.from_env()
+    scheduler = cycles_until(ctx, lambda: len(sim.pods()) == 2)
+    try:
+        scheduler.cycle()  # the survey sees them Pending, Unschedulable
+        jobs = jobs_of(cli, "gpujob")
+        assert {j["status"] for j in jobs} == {"starting"}  # dispatched, holding their slots, not running
+        why = cli.ok(f"maestro job why {jobs[0]['id']}").out
+        assert "waiting in the cluster: Unschedulable: 0/1 nodes" in why and "nvidia.com/gpu" in why
+        queue = json.loads(cli.ok("maestro queue --json").out)
+        rows = [r for r in queue["rows"] if r["state"] == "starting"]
+        assert [(r["task"], r["pending"]) for r in rows] == [("user.alice.gpujob", 2)]
+        assert "Unschedulable" in rows[0]["reason"]
+        scheduler.cycle()  # unchanged reasons: nothing to write, still starting
+        assert {j["status"] for j in jobs_of(cli, "gpujob")} == {"starting"}
+        cli.ok("maestro task kill -t user.alice.gpujob")
+        scheduler.cycle()
+        assert {j["status"] for j in jobs_of(cli, "gpujob")} == {"killed"}
+    finally:
+        scheduler.lease.release()
+        scheduler.close()
+        ctx.engine.dispose()
