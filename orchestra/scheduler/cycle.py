@@ -162,7 +162,7 @@ class Scheduler:
         started = time.perf_counter()
         report = CycleReport(full=full)
         crashpoints.current_pass = "full" if full else "short"
-        self.reconcile(report)
+        self.reconcile(report, full)
         if full:
             self.apply_requests(report)
             self.expand(report)
@@ -201,7 +201,7 @@ class Scheduler:
             query = query.where(Job.task_id.in_(task_ids))
         return [LiveAttempt(*row) for row in session.execute(query)]
 
-    def reconcile(self, report: CycleReport) -> None:
+    def reconcile(self, report: CycleReport, full: bool = True) -> None:
         """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
         with self.tx() as session:
             live = self.live_attempts(session)
@@ -244,7 +244,7 @@ class Scheduler:
             self._confirm(session, confirmed, now)
             self._note_waiting(session, waiting)
             self._record_endings(session, endings, report)
-            self._charge_usage(session, live, endings, now)
+            self._charge_usage(session, live, endings, now, everyone=full)
         for cluster, attempts in by_cluster.items():
             ended = [e.attempt.backend_name for e in endings if e.attempt.cluster == cluster]
             if ended or strangers.get(cluster):
@@ -340,9 +340,18 @@ class Scheduler:
                 [{"tid": t, "d": d} for t, d in deltas.items()],
             )
 
-    def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float) -> None:
-        """Charge weighted slot-seconds to owners as attempts run; decay everyone's usage to `now`."""
+    def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float,
+                      everyone: bool = True) -> None:
+        """Charge weighted slot-seconds to owners as attempts run; decay their usage to `now`.
+
+        A full cycle charges every live attempt and decays every user; a short pass only the
+        attempts that ended (and their owners). Nothing is lost in between: an attempt is charged
+        from `charged_until`, and readers decay usage from `usage_at` (the policy counts running
+        jobs through their running charge), so a short pass writes in proportion to what ended.
+        """
         ended_at = {e.attempt.id: e.ended_at for e in endings}
+        if not everyone:
+            live = [a for a in live if a.id in ended_at]
         charges: Counter[int] = Counter()
         marks = []
         for a in live:
@@ -359,8 +368,9 @@ class Scheduler:
                 marks,
             )
         half_life = self.settings.fairshare.half_life_days * 86400.0
+        which = USERS.c.id.in_(list(charges))
         users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
-            (USERS.c.usage > 0) | USERS.c.id.in_(list(charges)))).all()
+            ((USERS.c.usage > 0) | which) if everyone else which)).all()
         if not users:
             return
         ids = np.array([u[0] for u in users])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from orchestra import fairshare
 from orchestra.backends.null import NullBackend
 from orchestra.config import load_settings
-from orchestra.db.models import Attempt, Job, Task
+from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.services.context import Context
 from orchestra.services.queue import policy_input
@@ -265,3 +266,30 @@ def test_queue_removed_from_the_configuration(cli: Cli, world: Path, env: dict[s
     [row] = queue(cli)
     assert row["pending"] == 4 and row["position"] is None
     assert row["reason"] == "queue LPS/gpu is not in the configuration: nothing can start (ask an admin)"
+
+
+def test_a_short_pass_charges_what_ended_and_a_full_cycle_everything(
+        cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
+    scheduler, backend = sched
+    create(cli, "alice", "a")
+    scheduler.cycle()  # 4 of 12 start
+    time.sleep(0.2)
+    first = sorted(backend.running)[0]
+    backend.finish([first])
+    scheduler.cycle(full=False)  # records the end, charges only that attempt, refills the slot
+
+    def state() -> tuple[float, dict[str, float | None]]:
+        with scheduler.ctx.transaction() as session:
+            usage = session.scalar(select(User.usage).where(User.name == "alice"))
+            marks = dict(session.execute(select(Attempt.backend_name, Attempt.charged_until)).all())
+        return usage, marks
+
+    usage, marks = state()
+    assert 0.2 <= usage < 5  # one job's seconds (cpu weight 1)
+    assert marks[first] is not None
+    assert [n for n, mark in marks.items() if mark is not None] == [first]  # the live ones wait for a full cycle
+    time.sleep(0.1)
+    scheduler.cycle()
+    usage_after, marks = state()
+    assert all(mark is not None for mark in marks.values())
+    assert usage_after >= usage + 3 * 0.3  # the three that ran since the start, charged now
