@@ -18,7 +18,6 @@ a healthy watch (disabled, refused, the API away) the loop polls every `poll_sec
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Survey, Tracked
 from orchestra.backends.kubewatch import PodWatch
+from orchestra.backends.kubewatch import status_message as _status_message
 from orchestra.config import ClusterConfig
 from orchestra.errors import OrchestraError
 
@@ -175,16 +175,6 @@ def _scheduled_at(pod: client.V1Pod) -> float | None:
         if condition.type == "PodScheduled" and condition.status == "True":
             return _timestamp(condition.last_transition_time)
     return None
-
-
-def _status_message(exc: ApiException) -> str:
-    """The `message` of the Status body, or the HTTP reason: one line either way."""
-    try:
-        body = json.loads(exc.body or "")
-        message = body.get("message") if isinstance(body, dict) else None
-    except ValueError:
-        message = None
-    return " ".join(str(message or exc.reason or f"HTTP {exc.status}").split())
 
 
 def _transient(exc: ApiException) -> bool:

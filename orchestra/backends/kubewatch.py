@@ -41,13 +41,14 @@ MAX_BACKOFF = 10.0
 GONE = 410
 
 
-def _status_message(exc: ApiException) -> str:
+def status_message(exc: ApiException) -> str:
+    """The `message` of the Status body, or the HTTP reason: one line either way (the backend's too)."""
     try:
         body = json.loads(exc.body or "")
         message = body.get("message") if isinstance(body, dict) else None
     except ValueError:
         message = None
-    return " ".join(str(message or exc.reason or f"HTTP {exc.status}").split())[:300]
+    return " ".join(str(message or exc.reason or f"HTTP {exc.status}").split())
 
 
 def _shutdown(response: Any) -> None:
@@ -143,7 +144,7 @@ class PodWatch:
                     log.debug("pod watch: resourceVersion %s expired (410); listing again", self.version)
                     self.version = None
                     continue
-                problem = f"HTTP {exc.status}: {_status_message(exc)}"  # (410 right after a list: back off)
+                problem = f"HTTP {exc.status}: {status_message(exc)[:300]}"  # (410 right after a list: back off)
                 self.version = None if exc.status == GONE else self.version
             except Exception as exc:  # noqa: BLE001 - whatever it is, the thread backs off and carries on
                 problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
