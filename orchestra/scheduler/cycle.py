@@ -368,6 +368,8 @@ class Scheduler:
                 marks,
             )
         half_life = self.settings.fairshare.half_life_days * 86400.0
+        if not everyone and not charges:
+            return  # a short pass in which nothing ended: nothing to write
         which = USERS.c.id.in_(list(charges))
         users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
             ((USERS.c.usage > 0) | which) if everyone else which)).all()
