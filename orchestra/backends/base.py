@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from orchestra.config import ClusterConfig, QueueConfig
+from orchestra.errors import OrchestraError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class LaunchSpec:
     log_path: str
     max_time: float | None
     cluster: ClusterConfig
+
+
+class BackendUnavailable(OrchestraError):
+    """The backend's service (e.g. the Kubernetes API) failed through every retry: the cycle stops
+    where it is (all it did is committed) and the service loop tries again after a backoff."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException, ConflictException, NotFoundException
 from kubernetes.config.config_exception import ConfigException
 
-from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Survey, Tracked
+from orchestra.backends.base import BackendUnavailable, Launched, LaunchSpec, Observation, Phase, Survey, Tracked
 from orchestra.backends.kubewatch import PodWatch
 from orchestra.backends.kubewatch import status_message as _status_message
 from orchestra.config import ClusterConfig
@@ -67,7 +67,7 @@ MAX_BACKOFF = 10.0
 WATCH_SECONDS = 60  # one watch stream's life on the server; then it is resumed from its last version
 
 
-class KubernetesUnavailable(OrchestraError):
+class KubernetesUnavailable(BackendUnavailable):
     """The API server kept failing (5xx, 429, timeouts, refused connections) through every retry."""
 
 

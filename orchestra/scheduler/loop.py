@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select as sql_select
 
+from orchestra.backends.base import BackendUnavailable
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
 from orchestra.scheduler.cycle import CycleReport, Scheduler
@@ -30,6 +31,7 @@ from orchestra.services.context import WAKEUP_CHANNEL, Context
 from orchestra.states import ACTIVE_TASK, LIVE_ATTEMPT
 
 log = logging.getLogger("orchestra.scheduler")
+OUTAGE_MAX_WAIT = 60.0  # seconds between tries while a backend stays unavailable
 
 
 @dataclass
@@ -188,13 +190,26 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
         say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
         cycles = 0
         passes = PassSummary()
+        outage = 0.0  # seconds of the last backoff while a backend is unavailable
         next_full = 0.0  # monotonic time the next full cycle is due: at once
         woke = "start"
         while not waker.stop:
             # A full cycle when it is due or a user's command asked for one (new task, kill...);
             # a short pass when a job ended (SIGCHLD, a backend's event) or a backend asked to be polled.
             full = woke in ("start", "notify", "change") or time.monotonic() >= next_full
-            report: CycleReport = scheduler.cycle(full=full)
+            try:
+                report: CycleReport = scheduler.cycle(full=full)
+            except BackendUnavailable as exc:
+                if options.once:
+                    raise
+                # Every step commits before the backend call that depends on it, so an interrupted
+                # cycle loses nothing; the next one (full, after a backoff) carries on.
+                outage = min(OUTAGE_MAX_WAIT, max(1.0, outage * 2))
+                say(f"cycle interrupted: {exc}; next try in {outage:.0f} s")
+                next_full = 0.0
+                woke = waker.wait(outage)
+                continue
+            outage = 0.0
             if full:
                 cycles += 1
                 next_full = time.monotonic() + interval

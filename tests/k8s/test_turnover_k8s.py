@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +100,30 @@ def test_without_the_watch_polling_turns_them_over(cli: Cli, storage: Path, tmp_
     print(f"\npoll every 0.5 s: {summary(latencies)}")
     assert sim.count("watch") == 0
     assert_clean(sim)
+
+
+def test_an_api_outage_interrupts_cycles_but_not_the_service(cli: Cli, storage: Path, tmp_path: Path,
+                                                              k8s_env: K8sEnv) -> None:
+    """The API goes away while pods run: the service logs the interrupted cycles, backs off, and
+    once the API is back finishes the work, every job exactly once."""
+    sim = k8s_env(slots=SLOTS, kubernetes="poll_seconds = 0.3", timeout=0.5)
+    ledger = tmp_path / "ledger.txt"
+    configs, data = make_inputs(storage / "kturn", 8)
+    cli.ok(f"orchestra_registry -d user.alice.kturn-data -p {data} --cluster LPS")
+    cli.ok(f"orchestra_registry -d user.alice.kturn-configs -p {configs}/ --cluster LPS")
+    scheduler = Service()
+    scheduler.wait_idle()
+    cli.ok(f"maestro task create -c user.alice.kturn-configs -d user.alice.kturn-data -t {TASK} "
+           f"--containerImage alice/img --bypass --exec 'echo start %IN $(date +%s%N) >> {ledger}; sleep 0.5; "
+           f"echo end %IN $(date +%s%N) >> {ledger}; test -n %DATA%OUT'")
+    sim.wait_for("orc-1-0-1", lambda p: p is not None and p["status"]["phase"] == "Running", timeout=20)
+    sim.api_down()
+    deadline = time.monotonic() + 20
+    while "cycle interrupted" not in scheduler.log:
+        assert scheduler.proc.poll() is None and time.monotonic() < deadline, scheduler.log
+        time.sleep(0.1)
+    sim.api_up()
+    assert wait_task_done(cli, scheduler, TASK, timeout=60) == "completed"
+    log = scheduler.stop()
+    assert "kubernetes" in log.split("cycle interrupted:", 1)[1].splitlines()[0], log
+    check_turnover_ledger(ledger, {str(storage / "kturn" / "configs" / f"c{i:04d}.cfg") for i in range(8)}, SLOTS)
