@@ -96,6 +96,14 @@ class FairShareConfig:
 
 
 @dataclass(frozen=True)
+class AccountConfig:
+    """A group of users with its own fair share (see orchestra/accounts.py)."""
+
+    share: float = 1.0
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration, with the origin of each value in `sources` (dotted keys)."""
 
@@ -109,6 +117,7 @@ class Settings:
     user_shares: dict[str, float]
     config_file: Path | None
     sources: dict[str, str]
+    accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
     def cluster(self, name: str) -> ClusterConfig:
         """The named cluster, or a one-line error listing the known ones."""
@@ -253,6 +262,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sources[f"fairshare.{key}"] = origin if key in (raw.get("fairshare") or {}) else "default"
     users_raw = dict(raw.get("users") or {})
     user_shares = {str(u): float(dict(v).get("share", 1.0)) for u, v in users_raw.items()}
+    accounts = build_accounts(raw.get("accounts") or {})
+    for name in accounts:
+        sources[f"accounts.{name}"] = origin
 
     return Settings(
         home=home,
@@ -265,4 +277,33 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         user_shares=user_shares,
         config_file=config_file,
         sources=sources,
+        accounts=accounts,
     )
+
+
+def build_accounts(raw: Any) -> dict[str, AccountConfig]:
+    """`[accounts.<name>]` tables: share > 0 and a list of user names, each user in one account."""
+    if not isinstance(raw, dict):
+        raise OrchestraError("config: accounts must be tables, e.g. [accounts.physics] share = 2, users = [\"alice\"]")
+    accounts: dict[str, AccountConfig] = {}
+    seen: dict[str, str] = {}
+    for name, table in raw.items():
+        where = f"config: [accounts.{name}]"
+        if not isinstance(table, dict):
+            raise OrchestraError(f"{where} must be a table with share and users")
+        unknown = set(table) - {"share", "users"}
+        if unknown:
+            raise OrchestraError(f"{where} has unknown keys {sorted(unknown)}; known: ['share', 'users']")
+        share = table.get("share", 1.0)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share > 0:
+            raise OrchestraError(f"{where}: share must be a number greater than 0, e.g. share = 2")
+        users = table.get("users", [])
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            raise OrchestraError(f"{where}: users must be a list of login names, e.g. users = [\"alice\", \"bob\"]")
+        for user in users:
+            if user in seen:
+                raise OrchestraError(f"{where}: user {user!r} is already in account {seen[user]!r}; "
+                                     "a user belongs to one account")
+            seen[user] = str(name)
+        accounts[str(name)] = AccountConfig(float(share), tuple(users))
+    return accounts

@@ -23,6 +23,7 @@ Trace files: TOML or JSON with the keys below, or CSV (one task per row, one que
     slots = 64
     [users.alice]           # optional per user: share (default 1), max_running (0: no cap)
     share = 2
+    [accounts.physics]      # optional: share = 2, users = ["alice", "bob"] (as in the configuration)
     [[tasks]]               # user, submit (s or "1h"), jobs, duration (s or "10m"); optional:
     user = "alice"          # queue, priority (-100..100), jitter (0.2: durations +-20 %),
     submit = 0              # scouts (true: scout first; default false), repeat and every
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
-from orchestra.config import FairShareConfig, load_settings
+from orchestra.config import AccountConfig, FairShareConfig, build_accounts, load_settings
 from orchestra.db.engine import connect
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import OrchestraError
@@ -59,7 +60,8 @@ CLUSTER = "SIM"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC: simulated time starts here (output is in seconds from it)
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 TASK_KEYS = {"user", "submit", "jobs", "duration", "queue", "priority", "jitter", "scouts", "repeat", "every", "name"}
-TOP_KEYS = {"cycle", "until", "sample", "scheduler", "fairshare", "queues", "users", "tasks", "description"}
+TOP_KEYS = {"cycle", "until", "sample", "scheduler", "fairshare", "accounts", "queues", "users", "tasks",
+            "description"}
 SCHEDULER_KEYS = {"scouts", "scout_success_threshold", "max_running_per_user"}
 
 
@@ -104,6 +106,7 @@ class Trace:
     scheduler: dict[str, Any] = field(default_factory=dict)
     fairshare: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    accounts: dict[str, AccountConfig] = field(default_factory=dict)
 
     @property
     def slots(self) -> int:
@@ -315,7 +318,16 @@ def _build(path: str, raw: dict[str, Any], slots: int | None) -> Trace:
     until = seconds(raw["until"], f"{where}: until") if "until" in raw else None
     tasks.sort(key=lambda t: t.submit)  # stable: trace order among equal times
     return Trace(path, queues, sorted(users.values(), key=lambda u: u.name), tasks, cycle, until,
-                 _int(raw.get("sample", 0), f"{where}: sample", 0), scheduler, fs, str(raw.get("description", "")))
+                 _int(raw.get("sample", 0), f"{where}: sample", 0), scheduler, fs, str(raw.get("description", "")),
+                 _trace_accounts(raw.get("accounts") or {}, where))
+
+
+def _trace_accounts(raw: Any, where: str) -> dict[str, AccountConfig]:
+    """`[accounts.<name>]` as in the configuration (share, users), checked by the same code."""
+    try:
+        return build_accounts(raw)
+    except OrchestraError as exc:
+        raise OrchestraError(str(exc).replace("config:", f"{where}:", 1)) from None
 
 
 # ---------------------------------------------------------------------------------------- the replay
@@ -408,6 +420,8 @@ def _config_text(trace: Trace, cycle: float, storage: Path) -> str:
         lines += [f"[clusters.{CLUSTER}.queues.{q.name}]", f"slots = {q.slots}", f"cpu = {q.cpu!r}", f"gpu = {q.gpu}"]
     for u in trace.users:
         lines += [f"[users.{u.name}]", f"share = {u.share!r}"]
+    for name, account in trace.accounts.items():
+        lines += [f"[accounts.{name}]", f"share = {account.share!r}", f"users = {json.dumps(list(account.users))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -568,6 +582,8 @@ def to_policy_simulation(trace: Trace, cycle: float | None = None) -> dict[str, 
 
     Scouting differs in detail (the real scheduler releases a task once enough scouts succeeded, the
     pure engine once all ended), so compare the two on traces without scouts."""
+    if trace.accounts:
+        raise OrchestraError(f"{trace.path}: the policy-only engine has no accounts; replay it with `orchestra simulate`")
     from orchestra.simulation import SimQueue, SimTask
 
     fs = FairShareConfig(**{k: type(getattr(FairShareConfig(), k))(v) for k, v in trace.fairshare.items()})

@@ -168,14 +168,15 @@ def job_why(e: JobExplanation) -> None:
 def usage_table(report: UsageReport) -> None:
     """`maestro usage`: per-user shares, decayed usage and the fair-share factor (like sshare)."""
     table = Table()
-    columns = ("user", "share", "norm share", "usage h", "effective h", "norm usage", "fairshare", "running",
-               "queued", "held", "cap")
+    accounts = any(r.account for r in report.rows)
+    columns = ("user", *(("account",) if accounts else ()), "share", "norm share", "usage h", "effective h",
+               "norm usage", "fairshare", "running", "queued", "held", "cap")
     for column in columns:
-        table.add_column(column, justify="left" if column == "user" else "right")
+        table.add_column(column, justify="left" if column in ("user", "account") else "right")
     for r in report.rows:
         cap = "none" if r.cap <= 0 else f"{r.cap}{'' if r.cap_from == 'user' else ' (default)'}"
         table.add_row(
-            r.user, f"{r.share:g}", f"{r.norm_share:.3f}", f"{r.usage / 3600:.1f}", f"{r.effective / 3600:.1f}",
+            r.user, *((r.account or "-",) if accounts else ()), f"{r.share:g}", f"{r.norm_share:.3f}", f"{r.usage / 3600:.1f}", f"{r.effective / 3600:.1f}",
             f"{r.norm_usage:.3f}", f"{r.fairshare:.3f}{'' if r.ranked else '*'}", str(r.running), str(r.queued),
             str(r.held), cap,
         )

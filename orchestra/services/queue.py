@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestra import fairshare
+from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound
@@ -108,7 +109,8 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
     owner_ids = sorted({t.owner_id for t in tasks})
     users = {u.id: u for u in session.execute(
-        select(User.id, User.share, User.max_running, User.usage, User.usage_at).where(User.id.in_(owner_ids)))}
+        select(User.id, User.name, User.share, User.max_running, User.usage, User.usage_at)
+        .where(User.id.in_(owner_ids)))}
     user_index = {uid: i for i, uid in enumerate(owner_ids)}
     fs = settings.fairshare
     default_cap = settings.scheduler.max_running_per_user
@@ -117,7 +119,8 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
         user_usage=fairshare.decay(np.array([users[u].usage for u in owner_ids], dtype=float),
                                    np.maximum(0.0, now - np.array([users[u].usage_at for u in owner_ids], dtype=float)),
                                    fs.half_life_days * 86400.0),
-        user_share=np.array([max(users[u].share, 1e-9) for u in owner_ids], dtype=float),
+        user_share=effective_shares([users[u].name for u in owner_ids],
+                                    np.array([users[u].share for u in owner_ids], dtype=float), settings.accounts),
         user_running=np.array([user_running[u] for u in owner_ids], dtype=np.int64),
         user_cap=np.array([users[u].max_running if users[u].max_running is not None else default_cap
                            for u in owner_ids], dtype=np.int64),

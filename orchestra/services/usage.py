@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 
 from orchestra import fairshare
+from orchestra.accounts import account_of, effective_shares
 from orchestra.db.models import User
 from orchestra.services.context import Context
 from orchestra.services.queue import _user_id, pending_by_user, policy_input
@@ -23,6 +24,7 @@ from orchestra.services.queue import _user_id, pending_by_user, policy_input
 @dataclass
 class UserUsage:
     user: str
+    account: str | None  # its account (config [accounts.*]); None: an account of its own
     share: float
     norm_share: float  # share / sum of shares over the ranked users (plus this one if idle)
     usage: float  # decayed usage as of now, weighted slot-seconds (1 CPU-core-second = cpu_weight)
@@ -74,7 +76,9 @@ def usage_report(ctx: Context, user: str | None = None, now: float | None = None
         user_running_charge=np.array([view.user_charge.get(u, 0.0) for u in ids], dtype=float),
     )
     eff, _ = fairshare._effective_usage(everyone, fs)
-    share = fairshare._shares(everyone)
+    names = [u.name for u in users]
+    raw_share = np.array([u.share for u in users], dtype=float)
+    member = account_of(settings.accounts)
     ranked = np.array([index[u] for u in view.owner_ids], dtype=np.int64)
     is_ranked = np.zeros(n, dtype=bool)
     is_ranked[ranked] = True
@@ -84,12 +88,13 @@ def usage_report(ctx: Context, user: str | None = None, now: float | None = None
         if only is not None and u.id != only:
             continue
         group = ranked if is_ranked[i] else np.r_[ranked, i]
-        factor = fairshare.fairshare_factor(eff[group], share[group])
+        share = effective_shares([names[j] for j in group], raw_share[group], settings.accounts)
+        factor = fairshare.fairshare_factor(eff[group], share)
         me = int(np.flatnonzero(group == i)[0])
         total_eff = float(eff[group].sum())
         queued, held = pending.get(u.id, (0, 0))
         rows.append(UserUsage(
-            user=u.name, share=float(u.share), norm_share=float(share[i] / share[group].sum()),
+            user=u.name, account=member.get(u.name), share=float(u.share), norm_share=float(share[me] / share.sum()),
             usage=float(everyone.user_usage[i]), effective=float(eff[i]),
             norm_usage=float(eff[i] / total_eff) if total_eff > 0 else 0.0, fairshare=float(factor[me]),
             ranked=bool(is_ranked[i]), running=int(view.user_running[u.id]), queued=queued, held=held,

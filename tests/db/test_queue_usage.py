@@ -293,3 +293,19 @@ def test_a_short_pass_charges_what_ended_and_a_full_cycle_everything(
     usage_after, marks = state()
     assert all(mark is not None for mark in marks.values())
     assert usage_after >= usage + 3 * 0.3  # the three that ran since the start, charged now
+
+
+def test_accounts_share_slots_through_the_real_cycle(cli: Cli, world: Path, env: dict[str, str],
+                                                     sched: tuple[Scheduler, NullBackend]) -> None:
+    scheduler, _ = sched
+    path = Path(env["ORCHESTRA_CONFIG"])
+    path.write_text(path.read_text() + '\n[accounts.physics]\nshare = 2\nusers = ["alice", "bob"]\n')
+    set_cpu_slots(env, scheduler, 6)
+    create(cli, "alice", "a")
+    create(cli, "carol", "c")
+    scheduler.cycle()  # flat shares would give 3 and 3; physics (alice) holds 2/3 of the slots
+    rows = {r["user"]: r for r in json.loads(cli.ok("maestro usage --json").out)["rows"]}
+    assert (rows["alice"]["running"], rows["carol"]["running"]) == (4, 2)
+    assert rows["alice"]["account"] == "physics" and rows["carol"]["account"] is None
+    assert rows["alice"]["norm_share"] == pytest.approx(2 / 3) and rows["carol"]["norm_share"] == pytest.approx(1 / 3)
+    assert "physics" in cli.ok("maestro usage").out

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orchestra.errors import OrchestraError
+
 from orchestra import replay
 from orchestra.backends.base import Phase, Tracked
 from orchestra.backends.simulated import SimClock, SimulatedBackend, parse_command
@@ -202,3 +204,43 @@ def test_png_without_matplotlib_is_a_clear_error(cli: Cli, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     result = cli(f"orchestra simulate {TRACES / 'flood.toml'} --png {tmp_path / 'x.png'}")
     assert result.code == 1 and "--png needs matplotlib" in result.err and result.out == ""
+
+
+def test_accounts_in_a_trace_share_slots_by_account(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text('''
+cycle = "5m"
+until = "1h"
+[queues.cpu]
+slots = 12
+[accounts.physics]
+share = 2
+users = ["alice", "bob"]
+[[tasks]]
+user = "alice"
+submit = 0
+jobs = 500
+duration = "10m"
+[[tasks]]
+user = "bob"
+submit = "30m"
+jobs = 500
+duration = "10m"
+[[tasks]]
+user = "carol"
+submit = 0
+jobs = 500
+duration = "10m"
+''')
+    trace = replay.load_trace(path)
+    result = replay.replay(trace)
+    alice, bob, carol = (result.users.index(u) for u in ("alice", "bob", "carol"))
+    # physics holds 2/3 of the 12 slots, carol (an account of her own) 1/3: alice alone has all of
+    # physics' (flat shares would give 6 and 6); from bob's arrival the two split it
+    before = result.times < 30 * 60
+    assert {tuple(row) for row in result.running[before][:, [alice, bob, carol]]} == {(8, 0, 4)}
+    assert {tuple(row) for row in result.running[~before][:, [alice, bob, carol]]} == {(4, 4, 4)}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[accounts.physics]\nshare = -1\n[[tasks]]\nuser = "alice"\nsubmit = 0\njobs = 1\nduration = 1\n')
+    with pytest.raises(OrchestraError, match=r"trace .*bad.toml: \[accounts.physics\]: share must be"):
+        replay.load_trace(bad)
