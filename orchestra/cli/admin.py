@@ -36,9 +36,11 @@ def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         "clusters": {
             name: {"backend": c.backend, "storage": str(c.storage), "default_queue": c.default_queue,
                    "restrict_to_storage": c.restrict_to_storage,
-                   "queues": {q.name: q.__dict__ for q in c.queues.values()}}
+                   "queues": {q.name: q.__dict__ for q in c.queues.values()},
+                   **({"kubernetes": dict(c.kubernetes.__dict__)} if c.backend == "kubernetes" else {})}
             for name, c in s.clusters.items()
         },
+        "accounts": {name: {"share": a.share, "users": list(a.users)} for name, a in s.accounts.items()},
         "sources": s.sources,
     }
     if as_json:
@@ -58,6 +60,11 @@ def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         for q, v in c["queues"].items():
             console.print(f"  queue {q:24} slots={v['slots']} cpu={v['cpu']} memory={v['memory']} gpu={v['gpu']}",
                           markup=False)
+        for key, value in c.get("kubernetes", {}).items():
+            console.print(f"  kubernetes.{key:24} {value!s}", markup=False)
+    for name, a in data["accounts"].items():
+        console.print(f"accounts.{name:23} share={a['share']:g} users={', '.join(a['users']) or '-'} "
+                      f"({src.get(f'accounts.{name}')})", markup=False)
 
 
 @db_app.command("upgrade")
