@@ -37,8 +37,7 @@ from kubernetes.client.exceptions import ApiException, ConflictException, NotFou
 from kubernetes.config.config_exception import ConfigException
 
 from orchestra.backends.base import BackendUnavailable, Launched, LaunchSpec, Observation, Phase, Survey, Tracked
-from orchestra.backends.kubewatch import PodWatch
-from orchestra.backends.kubewatch import status_message as _status_message
+from orchestra.backends.kubewatch import PodWatch, status_message as _status_message
 from orchestra.config import ClusterConfig
 from orchestra.errors import OrchestraError
 

@@ -170,18 +170,13 @@ def simulate(
                   f"({', '.join(f'{q.name} {q.slots}' for q in loaded.queues)})", markup=False)
     result = replay.replay(loaded, cycle=cycle_s, until=until_s)
     views.simulation(result, every or loaded.sample or None)
-    if csv_out:
-        try:
-            result.write_csv(csv_out)
-        except OSError as exc:
-            raise OrchestraError(f"cannot write {csv_out}: {exc.strerror}") from None
-        console.print(f"wrote {csv_out}", markup=False)
-    if png_out:
-        try:
-            result.write_png(png_out)
-        except OSError as exc:
-            raise OrchestraError(f"cannot write {png_out}: {exc.strerror}") from None
-        console.print(f"wrote {png_out}", markup=False)
+    for out, write in ((csv_out, result.write_csv), (png_out, result.write_png)):
+        if out:
+            try:
+                write(out)
+            except OSError as exc:
+                raise OrchestraError(f"cannot write {out}: {exc.strerror}") from None
+            console.print(f"wrote {out}", markup=False)
 
 
 def main() -> None:

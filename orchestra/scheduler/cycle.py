@@ -58,6 +58,11 @@ def backend_name(task_id: int, job_index: int, attempt: int) -> str:
     return f"orc-{task_id}-{job_index}-{attempt}"
 
 
+def describe_counts(counts: Counter[str]) -> str:
+    """`started 4, succeeded 3` (what a cycle or a run of short passes did), or `nothing to do`."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "nothing to do"
+
+
 @dataclass
 class CycleReport:
     counts: Counter[str] = field(default_factory=Counter)
@@ -65,8 +70,8 @@ class CycleReport:
     full: bool = True
 
     def line(self) -> str:
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v) or "nothing to do"
-        return f"{'cycle' if self.full else 'short pass'}: {parts} ({self.seconds * 1000:.0f} ms)"
+        kind = "cycle" if self.full else "short pass"
+        return f"{kind}: {describe_counts(self.counts)} ({self.seconds * 1000:.0f} ms)"
 
 
 @dataclass(frozen=True)
@@ -371,9 +376,9 @@ class Scheduler:
                 update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(charged_until=bindparam("until")),
                 marks,
             )
-        half_life = self.settings.fairshare.half_life_days * 86400.0
         if not everyone and not charges:
             return  # a short pass in which nothing ended: nothing to write
+        half_life = self.settings.fairshare.half_life_days * 86400.0
         which = USERS.c.id.in_(list(charges))
         users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
             ((USERS.c.usage > 0) | which) if everyone else which)).all()
@@ -518,9 +523,9 @@ class Scheduler:
         if specs:
             crashpoint("after-dispatch-recorded")
         report.counts["started"] += len(specs)
-        ends = [now + spec.max_time for spec in specs if spec.max_time]
-        if ends:  # the deadlines of what starts now (reconcile recomputes them from the recorded starts)
-            self.next_deadline = min([*ends, *([self.next_deadline] if self.next_deadline is not None else [])])
+        # The deadlines of what starts now (reconcile recomputes them from the recorded starts).
+        ends = [now + spec.max_time for spec in specs if spec.max_time] + [self.next_deadline]
+        self.next_deadline = min((end for end in ends if end is not None), default=None)
         by_cluster: dict[str, list[LaunchSpec]] = defaultdict(list)
         for spec in specs:
             by_cluster[spec.cluster.name].append(spec)

@@ -25,7 +25,7 @@ from sqlalchemy import func, select as sql_select
 from orchestra.backends.base import BackendUnavailable
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
-from orchestra.scheduler.cycle import CycleReport, Scheduler
+from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
 from orchestra.scheduler.lease import LeaseLost
 from orchestra.services.context import WAKEUP_CHANNEL, Context
 from orchestra.states import ACTIVE_TASK, LIVE_ATTEMPT
@@ -151,8 +151,7 @@ class PassSummary:
 
     def flush(self, say: Callable[[str], None]) -> None:
         if self.n:
-            parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if v) or "nothing to do"
-            say(f"{self.n} short pass(es) in {time.monotonic() - self.since:.1f} s: {parts} "
+            say(f"{self.n} short pass(es) in {time.monotonic() - self.since:.1f} s: {describe_counts(self.counts)} "
                 f"({1000 * self.seconds / self.n:.1f} ms each)")
         self.reset()
 

@@ -62,6 +62,17 @@ def watching(make_backend: MakeBackend, **kwargs: object) -> tuple[KubernetesBac
     return backend, wakes
 
 
+def gated_pod_under_watch(make_backend: MakeBackend, spec: Spec, tmp_path: Path
+                          ) -> tuple[KubernetesBackend, Wakes, Gate, LaunchSpec]:
+    """A pod that runs until its gate opens, launched by a backend whose watch is healthy."""
+    backend, wakes = watching(make_backend)
+    gate = Gate(tmp_path / "gate")
+    s = spec(gate.command)
+    backend.launch([s])
+    until(lambda: backend.watch_healthy, what="the watch")
+    return backend, wakes, gate, s
+
+
 def tracked(*specs: LaunchSpec) -> list[Tracked]:
     return [Tracked(s.backend_name, s.log_path) for s in specs]
 
@@ -131,11 +142,7 @@ def test_sim_bookmark_carries_the_version_at_the_end_of_a_stream(sim: KubeSim, b
 # ------------------------------------------------------------------------------------ waking
 def test_a_pod_end_wakes_at_once_without_a_survey(sim: KubeSim, make_backend: MakeBackend, spec: Spec,
                                                  tmp_path: Path) -> None:
-    backend, wakes = watching(make_backend)
-    gate = Gate(tmp_path / "gate")
-    s = spec(gate.command)
-    backend.launch([s])
-    until(lambda: backend.watch_healthy, what="the watch")
+    backend, wakes, gate, s = gated_pod_under_watch(make_backend, spec, tmp_path)
     assert backend.poll_after() is None  # a healthy watch: no polling
     lists = sim.count("list")
     assert wakes.count == 0
@@ -177,11 +184,7 @@ def test_pod_ended_matches_what_the_survey_records() -> None:
 # ------------------------------------------------------------------------------------ trouble
 def test_410_relists_and_reports_the_end_it_missed(sim: KubeSim, make_backend: MakeBackend, spec: Spec,
                                                   tmp_path: Path) -> None:
-    backend, wakes = watching(make_backend)
-    gate = Gate(tmp_path / "gate")
-    s = spec(gate.command)
-    backend.launch([s])
-    until(lambda: backend.watch_healthy, what="the watch")
+    backend, wakes, gate, s = gated_pod_under_watch(make_backend, spec, tmp_path)
     sim.api_down()  # the stream is cut; meanwhile the pod ends and the log is compacted
     gate.open()
     sim.wait_phase(s.backend_name, "Succeeded")
@@ -197,11 +200,7 @@ def test_410_relists_and_reports_the_end_it_missed(sim: KubeSim, make_backend: M
 
 def test_api_restart_the_watch_resumes_and_replays(sim: KubeSim, make_backend: MakeBackend, spec: Spec,
                                                    tmp_path: Path) -> None:
-    backend, wakes = watching(make_backend)
-    gate = Gate(tmp_path / "gate")
-    s = spec(gate.command)
-    backend.launch([s])
-    until(lambda: backend.watch_healthy, what="the watch")
+    backend, wakes, gate, s = gated_pod_under_watch(make_backend, spec, tmp_path)
     lists = sim.count("list")
     sim.api_down()
     gate.open()
