@@ -1,4 +1,5 @@
-"""Bulk inserts at the speed of the driver: COPY on PostgreSQL, executemany on SQLite.
+"""Bulk inserts and updates at the speed of the driver: COPY and unnest() on PostgreSQL,
+executemany on SQLite.
 
 Registering a 100,000-file directory or expanding a 100,000-job task is one statement's worth of
 work; SQLAlchemy's per-row parameter processing would cost more than the database itself.
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, any_, bindparam, func, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 COPY_CHUNK = 50_000
@@ -50,3 +52,45 @@ def _copy(cursor: Any, sql: str, buffer: io.StringIO) -> None:
     if buffer.tell():
         buffer.seek(0)
         cursor.copy_expert(sql, buffer)
+
+
+def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, key: str = "id",
+                where: Sequence[ColumnElement[bool]] = (), fixed: Mapping[str, Any] | None = None,
+                add: Sequence[str] = ()) -> None:
+    """`UPDATE table SET <row's columns> WHERE table.<key> = row[key] [AND where]`, for every row.
+
+    Rows are dicts keyed by column name, all with the same keys, one per key value (on
+    PostgreSQL a table row matched twice is updated once); columns named in `add` are
+    incremented by the row's value instead of set; `fixed` sets the same value (or SQL expression)
+    on every row. On PostgreSQL it is one statement joining the table to `unnest()` of one array
+    per column: psycopg2's executemany is a round trip per row, and even batched it makes the
+    server parse and plan every row's statement, 20-30 ms per 1,000 rows. On SQLite (in-process,
+    no round trips) it is an executemany of the same UPDATE.
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
+    fixed = dict(fixed or {})
+    if session.get_bind().dialect.name == "postgresql":
+        arrays = [bindparam(f"arr_{c}", [r[c] for r in rows], type_=ARRAY(table.c[c].type)) for c in columns]
+        source = func.unnest(*arrays).table_valued(*columns).render_derived(name="src")
+        value = {c: source.c[c] for c in columns}
+    else:
+        source = None
+        value = {c: bindparam(f"arr_{c}") for c in columns}
+    changes = {c: (table.c[c] + value[c] if c in add else value[c]) for c in columns if c != key}
+    statement = update(table).where(table.c[key] == value[key], *where).values({**changes, **fixed})
+    if source is not None:
+        session.execute(statement)
+    else:
+        session.execute(statement, [{f"arr_{c}": r[c] for c in columns} for r in rows])
+
+
+def one_of(session: Session, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN values` for hundreds of values: `= ANY(array)` on PostgreSQL, one parameter
+    whatever the count (an IN list renders and sends a placeholder per value, ~10 µs each in
+    SQLAlchemy alone); an IN list on SQLite, whose in-process parameters cost next to nothing."""
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)

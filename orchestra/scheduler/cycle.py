@@ -20,16 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import bindparam, exists, func, insert, select, text, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from orchestra import fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
+from orchestra.db.bulk import bulk_insert, bulk_update, one_of
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.scheduler import crashpoints
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
+from orchestra.scheduler.heads import queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services.context import Context
 from orchestra.services.queue import policy_input, queue_charge
@@ -44,12 +46,9 @@ TASKS = Task.__table__
 USERS = User.__table__
 LOST_LIMIT = 5  # a job lost this many times (not its fault, but suspicious) fails for good
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
+ATTEMPT_COLUMNS = ("job_id", "number", "backend_name", "cluster", "status", "log_path", "weight", "created_at")
 
 
-HEADS_SQL = text(
-    "SELECT j.id FROM unnest(CAST(:tids AS bigint[]), CAST(:ns AS bigint[])) AS p(tid, n) "
-    "CROSS JOIN LATERAL (SELECT id FROM jobs WHERE task_id = p.tid AND status = :queued ORDER BY id LIMIT p.n) AS j"
-)  # PostgreSQL: the first n queued jobs of each planned task, in one statement
 DEADLINE_SLACK = 0.05  # seconds past a max-time end before the short pass that enforces it
 
 
@@ -68,10 +67,23 @@ class CycleReport:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     full: bool = True
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step, in cycle order
 
     def line(self) -> str:
+        """`cycle: started 4, succeeded 3 (12 ms: reconcile 5, requests 0, ...)`: a slow cycle says
+        which step was slow; a short pass (many per second at turnover) keeps to its total."""
         kind = "cycle" if self.full else "short pass"
-        return f"{kind}: {describe_counts(self.counts)} ({self.seconds * 1000:.0f} ms)"
+        steps = ", ".join(f"{name} {seconds * 1000:.0f}" for name, seconds in self.steps.items())
+        timing = f"{self.seconds * 1000:.0f} ms" + (f": {steps}" if self.full and steps else "")
+        return f"{kind}: {describe_counts(self.counts)} ({timing})"
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -171,12 +183,16 @@ class Scheduler:
         started = time.perf_counter()
         report = CycleReport(full=full)
         crashpoints.current_pass = "full" if full else "short"
-        self.reconcile(report, full)
+        with report.step("reconcile"):
+            self.reconcile(report, full)
         if full:
-            self.apply_requests(report)
-            self.expand(report)
-        self.advance_tasks(report)
-        self.fill(report)
+            with report.step("requests"):
+                self.apply_requests(report)
+            with report.step("expand"):
+                self.expand(report)
+        with report.step("tasks"):
+            self.advance_tasks(report)
+        self.fill(report)  # steps `dispatch` and `launch`
         report.seconds = time.perf_counter() - started
         return report
 
@@ -207,7 +223,7 @@ class Scheduler:
             .where(Attempt.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
         )
         if task_ids is not None:
-            query = query.where(Job.task_id.in_(task_ids))
+            query = query.where(one_of(session, Job.task_id, task_ids))
         return [LiveAttempt(*row) for row in session.execute(query)]
 
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
@@ -271,12 +287,9 @@ class Scheduler:
     def _note_waiting(session: Session, waiting: Sequence[tuple[LiveAttempt, str | None]]) -> None:
         """Why dispatched attempts do not run yet, on the attempt and its job (`maestro job why`,
         `maestro queue`), written only when it changed: a pass costs nothing while it stays."""
-        changed = [{"aid": a.id, "jid": a.job_id, "why": why} for a, why in waiting if why != a.note]
-        if not changed:
-            return
-        session.execute(update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(reason=bindparam("why")),
-                        changed)
-        session.execute(update(JOBS).where(JOBS.c.id == bindparam("jid")).values(reason=bindparam("why")), changed)
+        changed = [(a, why) for a, why in waiting if why != a.note]
+        bulk_update(session, ATTEMPTS, [{"id": a.id, "reason": why} for a, why in changed])
+        bulk_update(session, JOBS, [{"id": a.job_id, "reason": why} for a, why in changed])
 
     def _confirm(self, session: Session, attempts: Sequence[LiveAttempt], now: float) -> None:
         """STARTING attempts the backend does run: a restart between create and its record, or a
@@ -285,29 +298,26 @@ class Scheduler:
             return
         ids = [a.id for a in attempts]
         session.execute(
-            update(ATTEMPTS).where(ATTEMPTS.c.id.in_(ids), ATTEMPTS.c.status == AttemptStatus.STARTING.value)
+            update(ATTEMPTS).where(one_of(session, ATTEMPTS.c.id, ids), ATTEMPTS.c.status == AttemptStatus.STARTING.value)
             .values(status=AttemptStatus.RUNNING.value, started_at=func.coalesce(ATTEMPTS.c.started_at, now))
         )
         session.execute(
-            update(JOBS).where(JOBS.c.id.in_([a.job_id for a in attempts]), JOBS.c.status == JobStatus.STARTING.value)
+            update(JOBS).where(one_of(session, JOBS.c.id, [a.job_id for a in attempts]),
+                               JOBS.c.status == JobStatus.STARTING.value)
             .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(JOBS.c.started_at, now))
         )
-        noted = [{"aid": a.id, "jid": a.job_id} for a in attempts if a.note is not None]
-        if noted:  # it runs now: the note on why it waited is over
-            session.execute(update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(reason=None), noted)
-            session.execute(update(JOBS).where(JOBS.c.id == bindparam("jid")).values(reason=None), noted)
+        noted = [a for a in attempts if a.note is not None]  # it runs now: why it waited is over
+        bulk_update(session, ATTEMPTS, [{"id": a.id} for a in noted], fixed={"reason": None})
+        bulk_update(session, JOBS, [{"id": a.job_id} for a in noted], fixed={"reason": None})
 
     def _record_endings(self, session: Session, endings: Sequence[Ending], report: CycleReport) -> None:
         """Attempts end; their jobs succeed, fail, or go back to the queue for another attempt."""
         if not endings:
             return
-        session.execute(
-            update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid"))
-            .values(status=bindparam("st"), exit_code=bindparam("code"), reason=bindparam("why"),
-                    ended_at=bindparam("end")),
-            [{"aid": e.attempt.id, "st": e.status.value, "code": e.exit_code, "why": e.reason, "end": e.ended_at}
-             for e in endings],
-        )
+        # An ended attempt's charge is settled up to its end here (see `_charge_usage`): one write per attempt.
+        bulk_update(session, ATTEMPTS, [{"id": e.attempt.id, "status": e.status.value, "exit_code": e.exit_code,
+                                         "reason": e.reason, "ended_at": e.ended_at, "charged_until": e.ended_at}
+                                        for e in endings])
         job_rows = []
         requeued: Counter[int] = Counter()
         for e in endings:
@@ -330,24 +340,16 @@ class Scheduler:
                 requeued[a.task_id] += 1
             report.counts[f"{'retried' if status == JobStatus.QUEUED else status.value}"] += 1
             job_rows.append({
-                "jid": a.job_id, "st": status.value, "fails": failures, "code": e.exit_code, "why": e.reason,
-                "end": None if status == JobStatus.QUEUED else e.ended_at, "qat": e.ended_at,
+                "id": a.job_id, "status": status.value, "failures": failures, "exit_code": e.exit_code,
+                "reason": e.reason, "ended_at": None if status == JobStatus.QUEUED else e.ended_at,
+                "queued_at": e.ended_at,
             })
-        session.execute(
-            update(JOBS).where(JOBS.c.id == bindparam("jid"))
-            .values(status=bindparam("st"), failures=bindparam("fails"), exit_code=bindparam("code"),
-                    reason=bindparam("why"), ended_at=bindparam("end"), queued_at=bindparam("qat")),
-            job_rows,
-        )
+        bulk_update(session, JOBS, job_rows)
         self._add_queued(session, requeued)
 
     @staticmethod
     def _add_queued(session: Session, deltas: Counter[int]) -> None:
-        if deltas:
-            session.execute(
-                update(TASKS).where(TASKS.c.id == bindparam("tid")).values(n_queued=TASKS.c.n_queued + bindparam("d")),
-                [{"tid": t, "d": d} for t, d in deltas.items()],
-            )
+        bulk_update(session, TASKS, [{"id": t, "n_queued": d} for t, d in deltas.items()], add=["n_queued"])
 
     def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float,
                       everyone: bool = True) -> None:
@@ -357,6 +359,8 @@ class Scheduler:
         attempts that ended (and their owners). Nothing is lost in between: an attempt is charged
         from `charged_until`, and readers decay usage from `usage_at` (the policy counts running
         jobs through their running charge), so a short pass writes in proportion to what ended.
+        Call it with the `endings` just given to `_record_endings`, which moved their
+        `charged_until` to their end: only the attempts still running get it written here.
         """
         ended_at = {e.attempt.id: e.ended_at for e in endings}
         if not everyone:
@@ -370,16 +374,13 @@ class Scheduler:
             until = min(ended_at.get(a.id, now), now)
             if until > start:
                 charges[a.owner_id] += (until - start) * a.weight
-                marks.append({"aid": a.id, "until": until})
-        if marks:
-            session.execute(
-                update(ATTEMPTS).where(ATTEMPTS.c.id == bindparam("aid")).values(charged_until=bindparam("until")),
-                marks,
-            )
+                if a.id not in ended_at:
+                    marks.append({"id": a.id, "charged_until": until})
+        bulk_update(session, ATTEMPTS, marks)
         if not everyone and not charges:
             return  # a short pass in which nothing ended: nothing to write
         half_life = self.settings.fairshare.half_life_days * 86400.0
-        which = USERS.c.id.in_(list(charges))
+        which = one_of(session, USERS.c.id, charges)
         users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
             ((USERS.c.usage > 0) | which) if everyone else which)).all()
         if not users:
@@ -389,10 +390,8 @@ class Scheduler:
                                 np.maximum(0.0, now - np.array([u[2] for u in users], dtype=float)), half_life)
         usage += np.array([charges.get(int(i), 0.0) for i in ids])
         usage[usage < 1e-6] = 0.0
-        session.execute(
-            update(USERS).where(USERS.c.id == bindparam("uid")).values(usage=bindparam("u"), usage_at=now),
-            [{"uid": int(i), "u": float(u)} for i, u in zip(ids, usage)],
-        )
+        bulk_update(session, USERS, [{"id": int(i), "usage": float(u)} for i, u in zip(ids, usage)],
+                    fixed={"usage_at": now})
 
     # ------------------------------------------------------------------ 2. user requests
     def apply_requests(self, report: CycleReport) -> None:
@@ -409,9 +408,9 @@ class Scheduler:
         now = self.clock()
         purge = []
         with self.tx() as session:
-            self._record_endings(
-                session, [Ending(a, AttemptStatus.KILLED, None, "killed by user", now) for a in live], report
-            )
+            killed = [Ending(a, AttemptStatus.KILLED, None, "killed by user", now) for a in live]
+            self._record_endings(session, killed, report)
+            self._charge_usage(session, live, killed, now, everyone=False)
             for task_id, request, root in requests:
                 session.execute(
                     update(JOBS).where(JOBS.c.task_id == task_id,
@@ -514,14 +513,20 @@ class Scheduler:
 
     # ------------------------------------------------------------------ 5. fill free slots
     def fill(self, report: CycleReport) -> None:
+        """Decide and record what starts (step `dispatch`), then start it (step `launch`: the
+        backend's creates and the record of their answers)."""
         now = self.clock()
-        with self.tx() as session:
+        with report.step("dispatch"), self.tx() as session:
             plan = self._plan(session, now)
-            if not plan:
-                return
-            specs = self._dispatch(session, plan, now)
-        if specs:
-            crashpoint("after-dispatch-recorded")
+            specs = self._dispatch(session, plan, now) if plan else []
+        if not specs:
+            return
+        with report.step("launch"):
+            self._launch(specs, now, report)
+
+    def _launch(self, specs: Sequence[LaunchSpec], now: float, report: CycleReport) -> None:
+        """Ask each cluster's backend to start its recorded attempts; record what it answered."""
+        crashpoint("after-dispatch-recorded")
         report.counts["started"] += len(specs)
         # The deadlines of what starts now (reconcile recomputes them from the recorded starts).
         ends = [now + spec.max_time for spec in specs if spec.max_time] + [self.next_deadline]
@@ -549,30 +554,18 @@ class Scheduler:
 
     def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float) -> list[LaunchSpec]:
         """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue."""
-        head = (
-            select(JOBS.c.id).where(JOBS.c.task_id == bindparam("tid"), JOBS.c.status == JobStatus.QUEUED.value)
-            .order_by(JOBS.c.id).limit(bindparam("n"))
-        )
-        chosen: list[int] = []
-        if session.get_bind().dialect.name == "postgresql":
-            # One round trip for every chosen task's head (index ix_jobs_task_status): a server
-            # round trip per task would cost more than the whole rest of the cycle.
-            chosen = list(session.scalars(HEADS_SQL, {"tids": [t for t, _ in plan], "ns": [n for _, n in plan],
-                                                      "queued": JobStatus.QUEUED.value}))
-        else:  # SQLite has no LATERAL; its queries are in-process calls, cheap one by one
-            for task_id, n in plan:
-                chosen += session.scalars(head, {"tid": task_id, "n": n}).all()
+        chosen = queue_heads(session, plan)
         if not chosen:
             return []
         rows = session.execute(
-            update(JOBS).where(JOBS.c.id.in_(chosen), JOBS.c.status == JobStatus.QUEUED.value)
+            update(JOBS).where(one_of(session, JOBS.c.id, chosen), JOBS.c.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
             .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.output_dir)
         ).all()
         task_info = {t.id: t for t in session.execute(
             select(Task.id, Task.name, Task.cluster, Task.queue, Task.image, Task.max_time, Task.output_root,
                    User.name.label("user")).join(User, User.id == Task.owner_id)
-            .where(Task.id.in_({r.task_id for r in rows})))}
+            .where(one_of(session, Task.id, {r.task_id for r in rows})))}
         specs = []
         attempts = []
         for r in rows:
@@ -582,10 +575,9 @@ class Scheduler:
             log_path = f"{t.output_root}/.attempts/{name}/log"
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
                                     t.image, r.command, r.output_dir, log_path, t.max_time, cluster))
-            attempts.append({"job_id": r.id, "number": r.attempts, "backend_name": name, "cluster": t.cluster,
-                             "status": AttemptStatus.STARTING.value, "log_path": log_path,
-                             "weight": queue_charge(self.settings, t.cluster, t.queue), "created_at": now})
-        session.execute(insert(Attempt), attempts)
+            attempts.append((r.id, r.attempts, name, t.cluster, AttemptStatus.STARTING.value, log_path,
+                             queue_charge(self.settings, t.cluster, t.queue), now))
+        bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
         self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
 
@@ -602,19 +594,13 @@ class Scheduler:
         refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None]
         with self.tx() as session:
             if ok and not accepted_only:
-                session.execute(
-                    update(ATTEMPTS).where(ATTEMPTS.c.backend_name == bindparam("name"),
-                                           ATTEMPTS.c.status == AttemptStatus.STARTING.value)
-                    .values(status=AttemptStatus.RUNNING.value, host=bindparam("host"), pid=bindparam("pid"),
-                            pid_start=bindparam("pstart"), started_at=bindparam("at")),
-                    [{"name": s.backend_name, "host": l.host, "pid": l.pid, "pstart": l.pid_start,
-                      "at": l.started_at or now} for s, l in ok],
-                )
-                session.execute(
-                    update(JOBS).where(JOBS.c.id == bindparam("jid"), JOBS.c.status == JobStatus.STARTING.value)
-                    .values(status=JobStatus.RUNNING.value, started_at=bindparam("at")),
-                    [{"jid": s.job_id, "at": l.started_at or now} for s, l in ok],
-                )
+                bulk_update(session, ATTEMPTS, [
+                    {"backend_name": s.backend_name, "host": l.host, "pid": l.pid, "pid_start": l.pid_start,
+                     "started_at": l.started_at or now} for s, l in ok],
+                    key="backend_name", where=[ATTEMPTS.c.status == AttemptStatus.STARTING.value],
+                    fixed={"status": AttemptStatus.RUNNING.value})
+                bulk_update(session, JOBS, [{"id": s.job_id, "started_at": l.started_at or now} for s, l in ok],
+                            where=[JOBS.c.status == JobStatus.STARTING.value], fixed={"status": JobStatus.RUNNING.value})
             if refused:
                 live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
                 endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now)

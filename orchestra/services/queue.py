@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from orchestra import fairshare
 from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
+from orchestra.db.bulk import one_of
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound
 from orchestra.services.context import Context
@@ -110,7 +111,7 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     owner_ids = sorted({t.owner_id for t in tasks})
     users = {u.id: u for u in session.execute(
         select(User.id, User.name, User.share, User.max_running, User.usage, User.usage_at)
-        .where(User.id.in_(owner_ids)))}
+        .where(one_of(session, User.id, owner_ids)))}
     user_index = {uid: i for i, uid in enumerate(owner_ids)}
     fs = settings.fairshare
     default_cap = settings.scheduler.max_running_per_user

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +310,31 @@ def test_accounts_share_slots_through_the_real_cycle(cli: Cli, world: Path, env:
     assert rows["alice"]["account"] == "physics" and rows["carol"]["account"] is None
     assert rows["alice"]["norm_share"] == pytest.approx(2 / 3) and rows["carol"]["norm_share"] == pytest.approx(1 / 3)
     assert "physics" in cli.ok("maestro usage").out
+
+
+def test_a_kill_settles_the_killed_attempts_charge_up_to_the_kill(
+        cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
+    scheduler, _ = sched
+    create(cli, "alice", "a")
+    scheduler.cycle()  # 4 start
+    time.sleep(0.2)
+    cli.ok("maestro task kill -t user.alice.a")
+    scheduler.cycle()  # reconcile charges them up to its start; the kill, up to the kill
+    with scheduler.ctx.transaction() as session:
+        killed = session.execute(select(Attempt.charged_until, Attempt.ended_at).where(Attempt.status == "killed")).all()
+        usage = session.scalar(select(User.usage).where(User.name == "alice"))
+    assert len(killed) == 4 and all(until == ended for until, ended in killed)
+    assert usage >= 4 * 0.2
+
+
+def test_the_cycle_line_says_what_each_step_cost(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
+    scheduler, backend = sched
+    create(cli, "alice", "a")
+    line = scheduler.cycle().line()
+    assert re.fullmatch(r"cycle: jobs expanded 12, started 4 \(\d+ ms: reconcile \d+, requests \d+, expand \d+, "
+                        r"tasks \d+, dispatch \d+, launch \d+\)", line), line
+    backend.finish(sorted(backend.running)[:1])
+    line = scheduler.cycle(full=False).line()
+    assert re.fullmatch(r"short pass: started 1, succeeded 1 \(\d+ ms\)", line), line
+    assert re.fullmatch(r"cycle: nothing to do \(\d+ ms: reconcile \d+, requests \d+, expand \d+, tasks \d+, "
+                        r"dispatch \d+\)", scheduler.cycle().line())

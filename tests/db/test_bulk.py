@@ -1,0 +1,94 @@
+"""The set-based writes and reads of the scheduler's hot path, on both databases: `bulk_update`
+(one UPDATE ... FROM unnest() on PostgreSQL, an executemany on SQLite), `one_of` (= ANY(array) /
+IN list) and `queue_heads` (a LATERAL join / a query per task) must mean the same thing on both."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from orchestra.db.bulk import bulk_update, one_of
+from orchestra.db.engine import connect
+from orchestra.db.models import Job, Task, User
+from orchestra.scheduler.expand import expand_task
+from orchestra.scheduler.heads import queue_heads
+from tests.helpers import Cli
+
+USERS = User.__table__
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = connect(db_url)
+    with Session(engine) as session, session.begin():
+        session.execute(USERS.insert(), [{"name": f"u{i}", "share": 1.0, "usage": float(i), "usage_at": 0.0,
+                                          "created_at": 0.0} for i in range(500)])
+    yield engine
+    engine.dispose()
+
+
+def users(engine: Engine) -> dict[str, tuple[float, float, float, int | None]]:
+    with Session(engine) as session:
+        return {r.name: (r.share, r.usage, r.usage_at, r.max_running) for r in session.execute(
+            select(User.name, User.share, User.usage, User.usage_at, User.max_running))}
+
+
+def test_bulk_update_sets_adds_fixes_and_guards(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        ids = dict(session.execute(select(User.name, User.id)).all())
+        rows = [{"id": ids[f"u{i}"], "usage": 1000.0 + i, "share": 0.5, "max_running": None if i % 2 else i}
+                for i in range(300)]
+        bulk_update(session, USERS, rows, add=["share"], fixed={"usage_at": 42.0},
+                    where=[USERS.c.name != "u7"])  # the guard holds u7 back
+    after = users(engine)
+    assert after["u0"] == (1.5, 1000.0, 42.0, 0)
+    assert after["u1"] == (1.5, 1001.0, 42.0, None)  # NULLs travel in the arrays too
+    assert after["u299"] == (1.5, 1299.0, 42.0, None)
+    assert after["u7"] == (1.0, 7.0, 0.0, None)  # guarded: untouched
+    assert after["u300"] == (1.0, 300.0, 0.0, None)  # not in the rows: untouched
+
+
+def test_bulk_update_by_another_key_with_only_fixed_values_and_nothing(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        bulk_update(session, USERS, [{"name": "u3"}, {"name": "u4"}], key="name", fixed={"max_running": 9})
+        bulk_update(session, USERS, [], fixed={"max_running": 1})  # no rows: no statement at all
+    after = users(engine)
+    assert [name for name, row in after.items() if row[3] is not None] == ["u3", "u4"]
+    assert after["u3"][3] == 9
+
+
+def test_one_of_matches_hundreds_of_values_and_none(engine: Engine) -> None:
+    with Session(engine) as session:
+        ids = sorted(session.scalars(select(User.id)))
+        wanted = ids[::2]
+        assert sorted(session.scalars(select(User.id).where(one_of(session, User.id, wanted)))) == wanted
+        assert session.scalars(select(User.id).where(one_of(session, User.id, []))).all() == []
+        assert sorted(session.scalars(select(User.id).where(one_of(session, User.id, iter(ids[:3]))))) == ids[:3]
+
+
+def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: str, storage: Path) -> None:
+    (storage / "configs").mkdir()
+    for i in range(6):
+        (storage / "configs" / f"c{i}").write_text(str(i))
+    (storage / "data").write_text("d")
+    cli.ok(f"orchestra_registry -d user.alice.configs -p {storage / 'configs'} --cluster LPS")
+    cli.ok(f"orchestra_registry -d user.alice.data -p {storage / 'data'} --cluster LPS")
+    for name in ("a", "b"):
+        cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t user.alice.{name} "
+               "--containerImage x --exec 'run %DATA %IN %OUT' --bypass")
+    engine = connect(db_url)
+    with Session(engine) as session, session.begin():
+        a, b = session.scalars(select(Task.id).order_by(Task.id)).all()
+        for task_id in (a, b):
+            expand_task(session, task_id, 0.0)
+        jobs = {t: session.scalars(select(Job.id).where(Job.task_id == t).order_by(Job.id)).all() for t in (a, b)}
+        session.execute(update(Job).where(Job.id.in_([jobs[a][0], jobs[b][1]])).values(status="running"))
+    with Session(engine) as session:
+        heads = queue_heads(session, [(a, 2), (b, 3)])
+        assert sorted(heads) == sorted(jobs[a][1:3] + [jobs[b][0], jobs[b][2], jobs[b][3]])
+        assert sorted(queue_heads(session, [(a, 100)])) == jobs[a][1:]  # fewer queued than asked: all of them
+        assert queue_heads(session, []) == []
+    engine.dispose()
