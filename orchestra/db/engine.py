@@ -25,6 +25,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Checkpoint the WAL into the database every ~40 MB instead of every ~4 MB: a cycle rewrites
+    # rows on ~1,000 scattered pages per transaction, and a later checkpoint writes each page once
+    # however often it changed in between (mean cycle at 1M queued jobs: 0.28 -> 0.21 s).
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 
 
