@@ -136,8 +136,9 @@ def _shares(inp: PolicyInput) -> np.ndarray:
     return np.maximum(s, _TINY_SHARE)
 
 
-def _effective_usage(inp: PolicyInput, cfg: FairShareConfig) -> tuple[np.ndarray, float]:
-    """(eff_u = usage_u + tau * running_charge_u, tau)."""
+def effective_usage(inp: PolicyInput, cfg: FairShareConfig) -> tuple[np.ndarray, float]:
+    """(eff_u = usage_u + tau * running_charge_u, tau): the usage the ranking uses, public because
+    `maestro usage` and `maestro queue` show it and must show the very number allocate ranks by."""
     weight, tau = _memory(cfg)
     usage = np.maximum(np.nan_to_num(np.asarray(inp.user_usage, dtype=np.float64), nan=0.0, posinf=0.0), 0.0)
     return weight * usage + tau * _running_charge(inp), tau
@@ -157,7 +158,7 @@ def _task_terms(inp: PolicyInput, cfg: FairShareConfig) -> tuple[np.ndarray, np.
 
 def task_factors(inp: PolicyInput, cfg: FairShareConfig) -> dict[str, np.ndarray]:
     """Per task: "fairshare", "age", "priority" in [0, 1], and their weighted "total" (see module doc)."""
-    eff, _ = _effective_usage(inp, cfg)
+    eff, _ = effective_usage(inp, cfg)
     user_f = fairshare_factor(eff, _shares(inp))
     users = np.asarray(inp.task_user, dtype=np.int64)
     fair = user_f[users] if users.size else np.zeros(0, dtype=np.float64)
@@ -192,7 +193,7 @@ def allocate(inp: PolicyInput, cfg: FairShareConfig, slot_seconds: float = 300.0
     if live.size == 0:
         return take
 
-    eff, tau = _effective_usage(inp, cfg)
+    eff, tau = effective_usage(inp, cfg)
     share = _shares(inp)
     key = eff / share  # rank users by this, lowest first (= highest fair-share factor)
     step = tau * np.asarray(inp.queue_charge, dtype=np.float64)[task_queue] / share[task_user]

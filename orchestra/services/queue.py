@@ -159,7 +159,7 @@ class QueueOrder:
         running = np.asarray(inp.user_running, dtype=np.int64)
         room = np.where(cap > 0, np.maximum(cap - running, 0), 1 << 62)
         # The ranking and its arithmetic are allocate's own (same helpers, same expressions).
-        eff, tau = fairshare._effective_usage(inp, cfg)
+        eff, tau = fairshare.effective_usage(inp, cfg)
         share = fairshare._shares(inp)
         key = eff / share
         step = tau * np.asarray(inp.queue_charge, dtype=np.float64)[task_queue] / share[task_user]

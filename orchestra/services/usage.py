@@ -75,7 +75,7 @@ def usage_report(ctx: Context, user: str | None = None, now: float | None = None
         queue_free=view.free, queue_charge=view.inp.queue_charge,
         user_running_charge=np.array([view.user_charge.get(u, 0.0) for u in ids], dtype=float),
     )
-    eff, _ = fairshare._effective_usage(everyone, fs)
+    eff, _ = fairshare.effective_usage(everyone, fs)
     names = [u.name for u in users]
     raw_share = np.array([u.share for u in users], dtype=float)
     member = account_of(settings.accounts)

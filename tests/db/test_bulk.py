@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from orchestra.db.bulk import bulk_update, one_of
+from orchestra.db.bulk import UNNEST_MIN_ROWS, bulk_update, one_of
 from orchestra.db.engine import connect
 from orchestra.db.models import Job, Task, User
 from orchestra.scheduler.expand import expand_task
@@ -51,13 +51,27 @@ def test_bulk_update_sets_adds_fixes_and_guards(engine: Engine) -> None:
     assert after["u300"] == (1.0, 300.0, 0.0, None)  # not in the rows: untouched
 
 
-def test_bulk_update_by_another_key_with_only_fixed_values_and_nothing(engine: Engine) -> None:
+@pytest.mark.parametrize("count", [2, UNNEST_MIN_ROWS + 4])  # executemany / unnest() on PostgreSQL
+def test_bulk_update_by_another_key_with_only_fixed_values_and_nothing(engine: Engine, count: int) -> None:
+    names = [f"u{i}" for i in range(3, 3 + count)]
     with Session(engine) as session, session.begin():
-        bulk_update(session, USERS, [{"name": "u3"}, {"name": "u4"}], key="name", fixed={"max_running": 9})
+        bulk_update(session, USERS, [{"name": name} for name in names], key="name", fixed={"max_running": 9})
         bulk_update(session, USERS, [], fixed={"max_running": 1})  # no rows: no statement at all
     after = users(engine)
-    assert [name for name, row in after.items() if row[3] is not None] == ["u3", "u4"]
-    assert after["u3"][3] == 9
+    assert sorted(name for name, row in after.items() if row[3] is not None) == sorted(names)
+    assert {after[name][3] for name in names} == {9}
+
+
+def test_few_rows_and_many_rows_update_alike(engine: Engine) -> None:
+    """Both PostgreSQL paths (below and above UNNEST_MIN_ROWS) give the same result."""
+    with Session(engine) as session, session.begin():
+        ids = dict(session.execute(select(User.name, User.id)).all())
+        for first, count in ((0, 1), (10, UNNEST_MIN_ROWS)):
+            bulk_update(session, USERS, [{"id": ids[f"u{i}"], "usage": 0.5, "share": 2.0}
+                                         for i in range(first, first + count)], add=["usage"])
+    after = users(engine)
+    assert after["u0"][:2] == (2.0, 0.5) and after["u10"][:2] == (2.0, 10.5)
+    assert after["u25"][:2] == (2.0, 25.5) and after["u26"][:2] == (1.0, 26.0)
 
 
 def test_one_of_matches_hundreds_of_values_and_none(engine: Engine) -> None:
