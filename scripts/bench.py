@@ -229,8 +229,16 @@ def child_cycle(url: str, work: str) -> None:
     mean = {"seconds": sum(r["seconds"] for r in runs) / CYCLES, "started": sum(r["started"] for r in runs) / CYCLES,
             "steps": {k: sum(r["steps"].get(k, 0.0) for r in runs) / CYCLES for k in runs[0]["steps"]},
             "worst": max(r["seconds"] for r in runs)}
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({**mean, "maxrss_mb": maxrss}))
+    print(json.dumps({**mean, "maxrss_mb": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries it across execve, so
+    a child exec'd from a large parent would report the parent's peak at the fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
 def ms(seconds: float) -> str:
