@@ -6,9 +6,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
-from orchestra.db.engine import HEAD_REVISION, MIGRATIONS, connect, current_revision, make_engine
+from orchestra.db.engine import HEAD_REVISION, MIGRATIONS, connect, current_revision, make_engine, upgrade
+from orchestra.errors import OrchestraError
 from orchestra.db.models import Base
 
 
@@ -54,3 +56,41 @@ def test_rewritten_tables_leave_room_for_hot_updates(db_url: str) -> None:
             "SELECT relname, reloptions FROM pg_class WHERE relname IN ('tasks', 'users', 'jobs')")).all())
     engine.dispose()
     assert options == {"tasks": ["fillfactor=50"], "users": ["fillfactor=50"], "jobs": None}
+
+
+def test_an_install_at_0001_with_data_upgrades_to_head(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Migration 0002 on a database that holds rows: PostgreSQL refuses to run until `orchestra db
+    upgrade` (one line saying so), SQLite upgrades itself; the rows survive either way."""
+    from alembic import command
+
+    admin = None
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:  # an empty database on the same server
+        url = make_url(db_url)
+        name = f"old_{url.database}"
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        db_url = url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('ann', 1, 5, 0, 0)"))
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(OrchestraError, match=r"schema is at revision 0001, this Orchestra needs 0002; "
+                                                 r"run `orchestra db upgrade`"):
+            connect(db_url)
+        upgrade(engine)
+    connect(db_url).dispose()
+    assert current_revision(engine) == HEAD_REVISION
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, usage FROM users")).all() == [("ann", 5.0)]
+    engine.dispose()
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
