@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,13 @@ def decay(usage: np.ndarray, elapsed: float | np.ndarray, half_life_s: float) ->
     if not half_life_s > 0:
         return np.zeros(np.broadcast(u, dt).shape, dtype=np.float64)
     return u * np.exp2(-dt / half_life_s)
+
+
+def decayed(usage: Sequence[float] | np.ndarray, usage_at: Sequence[float] | np.ndarray, now: float,
+            cfg: FairShareConfig) -> np.ndarray:
+    """Stored usage, each value as of its `usage_at` (the database keeps both), decayed to `now`."""
+    return decay(np.asarray(usage, dtype=np.float64), now - np.asarray(usage_at, dtype=np.float64),
+                 cfg.half_life_days * 86400.0)
 
 
 def fairshare_factor(usage: np.ndarray, share: np.ndarray) -> np.ndarray:
@@ -169,6 +177,50 @@ def task_factors(inp: PolicyInput, cfg: FairShareConfig) -> dict[str, np.ndarray
     return {"fairshare": fair, "age": age, "priority": prio, "total": total}
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How `allocate` ranks an input; `services.queue.QueueOrder` replays the same ranking to tell
+    users their positions, so both take it from here (exact positions need the same arithmetic).
+
+    Users are served lowest `key` first (scouting tasks before everything); each grant raises its
+    user's key by its task's `step`; within a user, tasks go in `tasks_in_order`.
+    """
+
+    task_user: np.ndarray  # int64 [T]
+    key: np.ndarray  # float [U]: effective usage / share
+    step: np.ndarray  # float [T]: tau * queue charge / share of the task's user
+    room: np.ndarray  # int64 [U]: jobs each user may still start (cap - running; _NO_CAP without a cap)
+    scout: np.ndarray  # bool [T]
+    within: np.ndarray  # float [T]: age and task-priority weight, which order one user's tasks
+    created: np.ndarray  # float [T]: submission time (NaN: last)
+
+    def tasks_in_order(self, live: np.ndarray) -> np.ndarray:
+        """The `live` task indices grouped by user, each user's best first: scouts, higher
+        within-user priority, older, lower index."""
+        return live[np.lexsort((live, self.created[live], -self.within[live], ~self.scout[live],
+                                self.task_user[live]))]
+
+
+def ranking(inp: PolicyInput, cfg: FairShareConfig) -> Ranking:
+    """The ranking terms of `inp` (see `Ranking`)."""
+    task_user = np.asarray(inp.task_user, dtype=np.int64)
+    task_queue = np.asarray(inp.task_queue, dtype=np.int64)
+    cap = np.asarray(inp.user_cap, dtype=np.int64)
+    running = np.asarray(inp.user_running, dtype=np.int64)
+    eff, tau = effective_usage(inp, cfg)
+    share = _shares(inp)
+    age, prio = _task_terms(inp, cfg)
+    return Ranking(
+        task_user=task_user,
+        key=eff / share,
+        step=tau * np.asarray(inp.queue_charge, dtype=np.float64)[task_queue] / share[task_user],
+        room=np.where(cap > 0, np.maximum(cap - running, 0), _NO_CAP),
+        scout=np.asarray(inp.task_scouting, dtype=bool),
+        within=cfg.weight_age * age + cfg.weight_task_priority * prio,
+        created=np.nan_to_num(np.asarray(inp.task_created, dtype=np.float64), nan=np.inf),
+    )
+
+
 def allocate(inp: PolicyInput, cfg: FairShareConfig, slot_seconds: float = 300.0) -> np.ndarray:
     """int64 [T]: how many jobs to dispatch from each task this cycle.
 
@@ -181,29 +233,16 @@ def allocate(inp: PolicyInput, cfg: FairShareConfig, slot_seconds: float = 300.0
     take = np.zeros(n_tasks, dtype=np.int64)
     if n_tasks == 0:
         return take
-    task_user = np.asarray(inp.task_user, dtype=np.int64)
+    rank = ranking(inp, cfg)
+    task_user, room, key, step, scout = rank.task_user, rank.room, rank.key, rank.step, rank.scout
     task_queue = np.asarray(inp.task_queue, dtype=np.int64)
     queued = np.maximum(np.asarray(inp.task_queued, dtype=np.int64), 0)
     free = np.maximum(np.asarray(inp.queue_free, dtype=np.int64), 0)
-    cap = np.asarray(inp.user_cap, dtype=np.int64)
-    running = np.asarray(inp.user_running, dtype=np.int64)
-    room = np.where(cap > 0, np.maximum(cap - running, 0), _NO_CAP)
 
     live = np.flatnonzero((queued > 0) & (free[task_queue] > 0) & (room[task_user] > 0))
     if live.size == 0:
         return take
-
-    eff, tau = effective_usage(inp, cfg)
-    share = _shares(inp)
-    key = eff / share  # rank users by this, lowest first (= highest fair-share factor)
-    step = tau * np.asarray(inp.queue_charge, dtype=np.float64)[task_queue] / share[task_user]
-    age, prio = _task_terms(inp, cfg)
-    within = cfg.weight_age * age + cfg.weight_task_priority * prio
-    scout = np.asarray(inp.task_scouting, dtype=bool)
-    created = np.nan_to_num(np.asarray(inp.task_created, dtype=np.float64), nan=np.inf)
-
-    # Each user's candidate tasks, best first: scouts, higher within-user priority, older, lower index.
-    order = live[np.lexsort((live, created[live], -within[live], ~scout[live], task_user[live]))]
+    order = rank.tasks_in_order(live)  # each user's candidate tasks, best first
     seg_user = task_user[order]
     starts = np.flatnonzero(np.r_[True, seg_user[1:] != seg_user[:-1]])
     ends = np.r_[starts[1:], order.size]

@@ -504,7 +504,6 @@ def replay(trace: Trace, *, cycle: float | None = None, until: float | None = No
             rec_wall: list[float] = []
             next_task = 0
             finished = False
-            half_life = settings.fairshare.half_life_days * 86400.0
             for k in range(max_cycles):
                 t = k * cycle
                 if until is not None and t > until + 1e-9:
@@ -519,7 +518,7 @@ def replay(trace: Trace, *, cycle: float | None = None, until: float | None = No
                 started_cycle = time.perf_counter()
                 report = scheduler.cycle()
                 rec_wall.append(time.perf_counter() - started_cycle)
-                running, pending, usage = _observe(ctx, column, n_users, now, half_life, pending_by_user)
+                running, pending, usage = _observe(ctx, column, n_users, now, settings.fairshare, pending_by_user)
                 rec_t.append(t)
                 rec_running.append(running)
                 rec_pending.append(pending)
@@ -553,7 +552,7 @@ def _submit(ctx: Any, tasks: Any, task: TraceTask, i: int) -> None:
         session.execute(update(Task).where(Task.id == created.id).values(created_at=at, updated_at=at))
 
 
-def _observe(ctx: Any, column: dict[int, int], n_users: int, now: float, half_life: float,
+def _observe(ctx: Any, column: dict[int, int], n_users: int, now: float, fs: FairShareConfig,
              pending_by_user: Callable[..., dict[int, tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from orchestra import fairshare
 
@@ -573,7 +572,7 @@ def _observe(ctx: Any, column: dict[int, int], n_users: int, now: float, half_li
                 pending[column[owner]] = queued + held
         for uid, u, at in session.execute(select(User.id, User.usage, User.usage_at)):
             if uid in column:
-                usage[column[uid]] = float(fairshare.decay(np.array([u]), max(0.0, now - at), half_life)[0])
+                usage[column[uid]] = float(fairshare.decayed([u], [at], now, fs)[0])
     return running, pending, usage
 
 

@@ -57,13 +57,18 @@ def can_move(old: TaskStatus, new: TaskStatus) -> bool:
     return old == new or new in TASK_TRANSITIONS[old]
 
 
+def scouts_needed(planned: int, threshold: float) -> int:
+    """Successful scouts that release a task: ceil(threshold * planned), at least 1."""
+    return max(1, -(-int(round(threshold * planned * 1000)) // 1000))  # ceil without float fuzz
+
+
 def scout_verdict(succeeded: int, failed: int, planned: int, threshold: float) -> TaskStatus | None:
     """Release, break, or keep scouting, decided as early as the numbers allow.
 
     Released as soon as enough scouts succeeded to meet the threshold; broken as soon as the
     threshold can no longer be met even if every remaining scout succeeds.
     """
-    needed = max(1, -(-int(round(threshold * planned * 1000)) // 1000))  # ceil without float fuzz
+    needed = scouts_needed(planned, threshold)
     if succeeded >= needed:
         return TaskStatus.RUNNING
     if planned - failed < needed:

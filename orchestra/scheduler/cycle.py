@@ -34,7 +34,7 @@ from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.heads import queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services.context import Context
-from orchestra.services.queue import policy_input, queue_charge
+from orchestra.services.queue import policy_input, queue_charge, scout_progress
 from orchestra.services.tasks import purge_outputs, remove_task_rows
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
 
@@ -47,8 +47,6 @@ USERS = User.__table__
 LOST_LIMIT = 5  # a job lost this many times (not its fault, but suspicious) fails for good
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 ATTEMPT_COLUMNS = ("job_id", "number", "backend_name", "cluster", "status", "log_path", "weight", "created_at")
-
-
 DEADLINE_SLACK = 0.05  # seconds past a max-time end before the short pass that enforces it
 
 
@@ -379,15 +377,13 @@ class Scheduler:
         bulk_update(session, ATTEMPTS, marks)
         if not everyone and not charges:
             return  # a short pass in which nothing ended: nothing to write
-        half_life = self.settings.fairshare.half_life_days * 86400.0
         which = one_of(session, USERS.c.id, charges)
         users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
             ((USERS.c.usage > 0) | which) if everyone else which)).all()
         if not users:
             return
         ids = np.array([u[0] for u in users])
-        usage = fairshare.decay(np.array([u[1] for u in users], dtype=float),
-                                np.maximum(0.0, now - np.array([u[2] for u in users], dtype=float)), half_life)
+        usage = fairshare.decayed([u[1] for u in users], [u[2] for u in users], now, self.settings.fairshare)
         usage += np.array([charges.get(int(i), 0.0) for i in ids])
         usage[usage < 1e-6] = 0.0
         bulk_update(session, USERS, [{"id": int(i), "usage": float(u)} for i, u in zip(ids, usage)],
@@ -448,11 +444,10 @@ class Scheduler:
             scouting = session.execute(
                 select(Task.id, Task.n_scouts).where(Task.status == TaskStatus.SCOUTING.value, Task.request.is_(None))
             ).all()
-            finals = self._final_counts(session, [t.id for t in scouting], scouts_only=True)
+            progress = scout_progress(session, [t.id for t in scouting])
             for task_id, n_scouts in scouting:
-                counts = finals.get(task_id, {})
-                verdict = scout_verdict(counts.get(JobStatus.SUCCEEDED, 0), counts.get(JobStatus.FAILED, 0)
-                                        + counts.get(JobStatus.KILLED, 0), n_scouts, threshold)
+                succeeded, failed = progress[task_id]
+                verdict = scout_verdict(succeeded, failed, n_scouts, threshold)
                 if verdict == TaskStatus.RUNNING:
                     released = session.execute(
                         update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
@@ -487,14 +482,12 @@ class Scheduler:
                 report.counts[f"tasks {status.value}"] += 1
 
     @staticmethod
-    def _final_counts(session: Session, task_ids: Sequence[int], scouts_only: bool = False) -> dict[int, dict[str, int]]:
+    def _final_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         if not task_ids:
             return {}
         final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.KILLED.value)
         query = select(JOBS.c.task_id, JOBS.c.status, func.count()).where(
             JOBS.c.task_id.in_(task_ids), JOBS.c.status.in_(final))
-        if scouts_only:
-            query = query.where(JOBS.c.is_scout.is_(True))
         out: dict[int, dict[str, int]] = defaultdict(dict)
         for task_id, status, n in session.execute(query.group_by(JOBS.c.task_id, JOBS.c.status)):
             out[task_id][status] = n

@@ -39,7 +39,7 @@ from orchestra.db.bulk import one_of
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound
 from orchestra.services.context import Context
-from orchestra.states import AttemptStatus, JobStatus, TaskStatus, scout_verdict
+from orchestra.states import AttemptStatus, JobStatus, TaskStatus, scout_verdict, scouts_needed
 
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 LIVE = (AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value)
@@ -117,9 +117,8 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     default_cap = settings.scheduler.max_running_per_user
     inp = fairshare.PolicyInput(
         now=now,
-        user_usage=fairshare.decay(np.array([users[u].usage for u in owner_ids], dtype=float),
-                                   np.maximum(0.0, now - np.array([users[u].usage_at for u in owner_ids], dtype=float)),
-                                   fs.half_life_days * 86400.0),
+        user_usage=fairshare.decayed([users[u].usage for u in owner_ids], [users[u].usage_at for u in owner_ids],
+                                     now, fs),
         user_share=effective_shares([users[u].name for u in owner_ids],
                                     np.array([users[u].share for u in owner_ids], dtype=float), settings.accounts),
         user_running=np.array([user_running[u] for u in owner_ids], dtype=np.int64),
@@ -152,24 +151,13 @@ class QueueOrder:
 
     def __init__(self, inp: fairshare.PolicyInput, cfg: FairShareConfig, queue: int) -> None:
         n_users = len(inp.user_usage)
-        task_user = np.asarray(inp.task_user, dtype=np.int64)
+        rank = fairshare.ranking(inp, cfg)  # allocate's own ranking and arithmetic
+        task_user, room, key, step, scout = rank.task_user, rank.room, rank.key, rank.step, rank.scout
         task_queue = np.asarray(inp.task_queue, dtype=np.int64)
         queued = np.maximum(np.asarray(inp.task_queued, dtype=np.int64), 0)
-        cap = np.asarray(inp.user_cap, dtype=np.int64)
-        running = np.asarray(inp.user_running, dtype=np.int64)
-        room = np.where(cap > 0, np.maximum(cap - running, 0), 1 << 62)
-        # The ranking and its arithmetic are allocate's own (same helpers, same expressions).
-        eff, tau = fairshare.effective_usage(inp, cfg)
-        share = fairshare._shares(inp)
-        key = eff / share
-        step = tau * np.asarray(inp.queue_charge, dtype=np.float64)[task_queue] / share[task_user]
-        age, prio = fairshare._task_terms(inp, cfg)
-        within = cfg.weight_age * age + cfg.weight_task_priority * prio
-        scout = np.asarray(inp.task_scouting, dtype=bool)
-        created = np.nan_to_num(np.asarray(inp.task_created, dtype=np.float64), nan=np.inf)
 
         live = np.flatnonzero((task_queue == queue) & (queued > 0) & (room[task_user] > 0))
-        order = live[np.lexsort((live, created[live], -within[live], ~scout[live], task_user[live]))]
+        order = rank.tasks_in_order(live)
         # task -> index of its first grant in its user's sequence (-1: none)
         self.offset = np.full(len(task_user), -1, dtype=np.int64)
         self.keys: dict[int, np.ndarray] = {}  # user -> key before each of its grants
@@ -451,7 +439,7 @@ class _Explainer:
 def _scout_wait(settings: Settings, n_scouts: int, done: tuple[int, int]) -> str:
     ok, bad = done
     threshold = settings.scheduler.scout_success_threshold
-    needed = max(1, -(-int(round(threshold * n_scouts * 1000)) // 1000))  # as states.scout_verdict
+    needed = scouts_needed(n_scouts, threshold)
     verdict = scout_verdict(ok, bad, n_scouts, threshold)
     tail = " (decided at the next cycle)" if verdict is not None else ""
     return (f"waiting for scouts of this task to finish: {ok} of {n_scouts} succeeded, {bad} failed; "

@@ -63,9 +63,7 @@ def usage_report(ctx: Context, user: str | None = None, now: float | None = None
     # Every user's numbers with the policy's own formulas (an input with all users and no tasks).
     everyone = fairshare.PolicyInput(
         now=now,
-        user_usage=fairshare.decay(np.array([u.usage for u in users], dtype=float),
-                                   np.maximum(0.0, now - np.array([u.usage_at for u in users], dtype=float)),
-                                   fs.half_life_days * 86400.0),
+        user_usage=fairshare.decayed([u.usage for u in users], [u.usage_at for u in users], now, fs),
         user_share=np.array([max(u.share, 1e-9) for u in users], dtype=float),
         user_running=np.array([view.user_running[u] for u in ids], dtype=np.int64),
         user_cap=np.zeros(n, dtype=np.int64),
