@@ -62,6 +62,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # registry or a secret created late still gets its chance) or at once (a malformed image name).
 FAIL_AFTER_GRACE = frozenset({"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"})
 FAIL_AT_ONCE = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+NEVER_STARTS = FAIL_AFTER_GRACE | FAIL_AT_ONCE
 MAX_BACKOFF = 10.0
 WATCH_SECONDS = 60  # one watch stream's life on the server; then it is resumed from its last version
 
@@ -134,12 +135,9 @@ def observe(pod: client.V1Pod, now: float, image_pull_grace: float) -> Observati
         ended = _timestamp(terminated.finished_at) if terminated else None
         return Observation(name, Phase.FAILED, exit_code=code, reason=reason, host=host, ended_at=ended or now)
     if status.phase == "Pending" or status.phase is None:
-        if waiting is not None and waiting.reason in FAIL_AT_ONCE:
-            return Observation(name, Phase.FAILED, reason=_explain(waiting.reason, waiting.message), host=host,
-                               ended_at=now)
-        if waiting is not None and waiting.reason in FAIL_AFTER_GRACE:
+        if waiting is not None and waiting.reason in NEVER_STARTS:
             since = _scheduled_at(pod) or _timestamp(pod.metadata.creation_timestamp) or now
-            if now - since >= image_pull_grace:
+            if waiting.reason in FAIL_AT_ONCE or now - since >= image_pull_grace:
                 return Observation(name, Phase.FAILED, reason=_explain(waiting.reason, waiting.message), host=host,
                                    ended_at=now)
             return Observation(name, Phase.PENDING, reason=waiting.reason, host=host)
@@ -165,7 +163,7 @@ def pod_ended(pod: dict[str, Any]) -> bool:
 
 
 def _never_started(reason: str | None) -> bool:
-    return bool(reason) and str(reason).split(":", 1)[0] in FAIL_AFTER_GRACE | FAIL_AT_ONCE
+    return bool(reason) and str(reason).split(":", 1)[0] in NEVER_STARTS
 
 
 def _scheduled_at(pod: client.V1Pod) -> float | None:

@@ -16,6 +16,8 @@ from sqlalchemy import ColumnElement, Table, any_, bindparam, func, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from orchestra.db.engine import is_sqlite
+
 COPY_CHUNK = 50_000
 UNNEST_MIN_ROWS = 16  # PostgreSQL: from here on one UPDATE ... FROM unnest() beats a batched executemany
 
@@ -27,7 +29,7 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: It
     names = ", ".join(f'"{c}"' for c in columns)
     count = 0
     try:
-        if connection.dialect.name == "postgresql":
+        if not is_sqlite(connection):
             sql = f'COPY "{table.name}" ({names}) FROM STDIN WITH (FORMAT csv)'
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
@@ -74,7 +76,7 @@ def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
         return
     columns = list(rows[0])
     fixed = dict(fixed or {})
-    if len(rows) >= UNNEST_MIN_ROWS and session.get_bind().dialect.name == "postgresql":
+    if len(rows) >= UNNEST_MIN_ROWS and not is_sqlite(session.get_bind()):
         arrays = [bindparam(f"arr_{c}", [r[c] for r in rows], type_=ARRAY(table.c[c].type)) for c in columns]
         source = func.unnest(*arrays).table_valued(*columns).render_derived(name="src")
         value = {c: source.c[c] for c in columns}
@@ -94,6 +96,6 @@ def one_of(session: Session, column: ColumnElement[Any], values: Iterable[Any]) 
     whatever the count (an IN list renders and sends a placeholder per value, ~10 µs each in
     SQLAlchemy alone); an IN list on SQLite, whose in-process parameters cost next to nothing."""
     values = list(values)
-    if session.get_bind().dialect.name == "postgresql":
+    if not is_sqlite(session.get_bind()):
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)

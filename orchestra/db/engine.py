@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
@@ -73,8 +73,9 @@ def make_engine(url: str) -> Engine:
     raise OrchestraError(f"database URL {url!r}: only sqlite:// and postgresql:// are supported")
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def is_sqlite(bind: Engine | Connection) -> bool:
+    """SQLite (in-process) or PostgreSQL (a server): the only two databases Orchestra runs on."""
+    return bind.dialect.name == "sqlite"
 
 
 def current_revision(engine: Engine) -> str | None:

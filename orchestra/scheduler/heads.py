@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from orchestra.db.engine import is_sqlite
 from orchestra.states import JobStatus
 
 HEADS_SQL = text(
@@ -28,7 +29,7 @@ def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> list[int]:
     if not plan:
         return []
     queued = JobStatus.QUEUED.value
-    if session.get_bind().dialect.name == "postgresql":
+    if not is_sqlite(session.get_bind()):
         return list(session.scalars(HEADS_SQL, {"tids": [t for t, _ in plan], "ns": [n for _, n in plan],
                                                 "queued": queued}))
     cursor = session.connection().connection.cursor()  # the session's connection: same transaction

@@ -2,8 +2,9 @@
 arrives (a NOTIFY on PostgreSQL, a change counter polled on SQLite, a child process exiting).
 
 Between full cycles, a job's end (SIGCHLD from a local child, a backend's own event such as the
-Kubernetes pod watch calling `Waker.poke`, or a backend that asks to be polled) triggers a short pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within
-milliseconds instead of at the next interval, while the full cycle keeps its own schedule.
+Kubernetes pod watch calling `Waker.poke`, or a backend that asks to be polled) triggers a short
+pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within milliseconds instead of at
+the next interval, while the full cycle keeps its own schedule.
 
 `--once` runs one cycle (cron), `--until-idle` cycles until nothing is queued or running (small
 installs, tests, demos). SIGTERM and SIGINT finish the current step and stop cleanly.
