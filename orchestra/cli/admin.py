@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from sqlalchemy import select, update
 
 from orchestra.cli.common import console, context, new_app, print_json, run
 from orchestra.config import load_settings
 from orchestra.db.engine import HEAD_REVISION, current_revision, make_engine, upgrade
-from orchestra.db.models import User
 from orchestra.errors import OrchestraError
+from orchestra.security import roles
 
 app = new_app("Orchestra administration: config, database, scheduler service, users.")
 config_app = new_app("Inspect the effective configuration.")
 db_app = new_app("Database schema.")
 scheduler_app = new_app("The scheduler service.")
-user_app = new_app("Users: shares and caps.")
+user_app = new_app("Users: PostgreSQL login roles, admins, shares and caps.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(scheduler_app, name="scheduler")
@@ -27,10 +27,13 @@ app.add_typer(user_app, name="user")
 
 @config_app.command("show")
 def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Print the effective settings and where each came from."""
+    """Print the effective settings and where each came from (passwords in the database URL masked)."""
+    from orchestra.secrets import mask_url
+
     s = load_settings()
     data = {
-        "home": str(s.home), "database_url": s.database_url, "user": s.user, "admins": list(s.admins),
+        # The URL may hold a PostgreSQL password, and this output gets pasted into tickets.
+        "home": str(s.home), "database_url": mask_url(s.database_url), "user": s.user,
         "config_file": str(s.config_file) if s.config_file else None,
         "scheduler": s.scheduler.__dict__, "fairshare": s.fairshare.__dict__,
         "clusters": {
@@ -48,7 +51,7 @@ def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         return
     src = s.sources
     console.print(f"config file: {data['config_file'] or '(none: defaults)'}", markup=False)
-    for key in ("home", "database_url", "user", "admins"):
+    for key in ("home", "database_url", "user"):
         console.print(f"{key:32} {data[key]!s:50} ({src.get(key, 'default')})", markup=False)
     for section in ("scheduler", "fairshare"):
         for key, value in data[section].items():
@@ -106,9 +109,49 @@ def scheduler_run(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
     ctx = context()
+    roles.require_scheduler(ctx)
     code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
                     say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
     raise typer.Exit(code)
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="login name: the user's OS login (peer authentication)")],
+    admin: Annotated[bool, typer.Option("--admin", help="member of orchestra_admins")] = False,
+    scheduler: Annotated[bool, typer.Option("--scheduler", help="may run the scheduler service")] = False,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read a password (for TCP logins) from stdin")] = False,
+) -> None:
+    """Create or update a user's PostgreSQL login role and grant the Orchestra groups (admins only)."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    if password_stdin and not password:
+        raise OrchestraError("--password-stdin read an empty line; pipe the password, e.g. `pass show db | orchestra user add ...`")
+    ctx = context()
+    added = roles.add_user(ctx, name, admin=admin, scheduler=scheduler, password=password)
+    for line in roles.how_to_connect(ctx, added):
+        console.print(line, markup=False)
+
+
+@user_app.command("remove")
+def user_remove(name: Annotated[str, typer.Argument(help="login name")]) -> None:
+    """Drop a user's login role (admins only); their tasks, datasets and usage stay."""
+    ctx = context()
+    dropped = roles.remove_user(ctx, name)
+    console.print(f"removed the login role {name}; its tasks and datasets stay" if dropped
+                  else f"{name} has no login role; nothing to remove", markup=False)
+
+
+@user_app.command("list")
+def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Users with their roles, groups, share and cap."""
+    rows = roles.list_users(context())
+    if as_json:
+        print_json(rows)
+        return
+    console.print(f"{'user':24} {'login':6} {'groups':36} {'share':>6} {'cap':>6}", markup=False)
+    for r in rows:
+        console.print(f"{r.name:24} {'yes' if r.login else 'no':6} {', '.join(r.groups) or '-':36} "
+                      f"{r.share if r.share is not None else '-':>6} {r.max_running or '-':>6}", markup=False)
 
 
 @user_app.command("set")
@@ -118,20 +161,12 @@ def user_set(
     max_running: Annotated[Optional[int], typer.Option("--max-running", help="cap on running jobs (0: none)")] = None,
 ) -> None:
     """Set a user's share and running cap (admins only)."""
-    ctx = context()
-    if not ctx.admin:
-        raise OrchestraError(f"only admins may change users; {ctx.user!r} is not in the config's admins list")
     if share is not None and share <= 0:
         raise OrchestraError("--share must be greater than 0")
     if max_running is not None and max_running < 0:
         raise OrchestraError("--max-running must be 0 (no cap) or more")
-    with ctx.transaction() as session:
-        uid = ctx.user_id(session, name)
-        values = {k: v for k, v in {"share": share, "max_running": max_running}.items() if v is not None}
-        if values:
-            session.execute(update(User).where(User.id == uid).values(**values))
-        row = session.execute(select(User.share, User.max_running).where(User.id == uid)).one()
-    console.print(f"{name}: share {row[0]:g}, max running {row[1] or 'no cap'}")
+    share_now, cap = roles.set_user(context(), name, share=share, max_running=max_running)
+    console.print(f"{name}: share {share_now:g}, max running {cap or 'no cap'}")
 
 
 @app.command("simulate")

@@ -68,9 +68,9 @@ def task_show(task: TaskRef, as_json: Annotated[bool, typer.Option("--json")] = 
 @task_app.command("kill")
 def task_kill(task: TaskRef) -> None:
     """Stop a task: pending jobs now, running ones in the scheduler's next pass."""
-    killed = tasks.kill(context(), task)
-    tail = "; running jobs stop in the scheduler's next pass" if killed.request else ""
-    console.print(f"killed {killed.name}{tail}")
+    name, request = tasks.kill(context(), task)
+    tail = "; running jobs stop in the scheduler's next pass" if request else ""
+    console.print(f"killed {name}{tail}")
 
 
 @task_app.command("retry")

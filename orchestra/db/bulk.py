@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam, func, update
+from sqlalchemy import ColumnElement, Table, any_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,16 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: It
     names = ", ".join(f'"{c}"' for c in columns)
     count = 0
     try:
+        if not is_sqlite(connection) and _row_security_active(cursor, table.name):
+            # COPY FROM refuses tables whose row-level security applies to the caller (a user's
+            # role registering its files, see migration 0003): one INSERT ... SELECT unnest() instead.
+            materialised = rows if isinstance(rows, list) else list(rows)
+            columns_of = list(zip(*materialised)) if materialised else [() for _ in columns]
+            arrays = [bindparam(c, list(values), type_=ARRAY(table.c[c].type)) for c, values in zip(columns, columns_of)]
+            statement = insert(table).from_select(list(columns), select(*(func.unnest(a) for a in arrays)))
+            if materialised:
+                session.execute(statement)
+            return len(materialised)
         if not is_sqlite(connection):
             sql = f'COPY "{table.name}" ({names}) FROM STDIN WITH (FORMAT csv)'
             buffer = io.StringIO()
@@ -49,6 +59,11 @@ def bulk_insert(session: Session, table: Table, columns: Sequence[str], rows: It
     finally:
         cursor.close()
     return count
+
+
+def _row_security_active(cursor: Any, table: str) -> bool:
+    cursor.execute("SELECT row_security_active(%s)", (table,))
+    return bool(cursor.fetchone()[0])
 
 
 def _copy(cursor: Any, sql: str, buffer: io.StringIO) -> None:

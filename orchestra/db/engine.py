@@ -6,6 +6,9 @@ upgraded by the admin (`orchestra db upgrade`), since many clients share it.
 """
 from __future__ import annotations
 
+import os
+import pwd
+import stat
 import time
 from pathlib import Path
 
@@ -14,9 +17,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from orchestra.errors import OrchestraError
+from orchestra.secrets import mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0002"  # the newest migration; a test checks it matches the scripts
+HEAD_REVISION = "0003"  # the newest migration; a test checks it matches the scripts
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -52,13 +56,13 @@ def make_engine(url: str) -> Engine:
     """An engine for the URL, or a one-line error when the URL is malformed."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise OrchestraError(
-            f"database URL {url!r} is malformed; use sqlite:////path/orchestra.db or postgresql://user@host/db"
+            f"database URL {mask_url(url)!r} is malformed; use sqlite:////path/orchestra.db or postgresql://user@host/db"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            secure_sqlite_file(Path(parsed.database))
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         _begin_immediate(engine)
@@ -70,7 +74,52 @@ def make_engine(url: str) -> Engine:
         # rows per statement (attempts acknowledged, jobs ended, users charged): batch them instead.
         return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10},
                              executemany_mode="values_plus_batch", executemany_batch_page_size=1000)
-    raise OrchestraError(f"database URL {url!r}: only sqlite:// and postgresql:// are supported")
+    raise OrchestraError(f"database URL {mask_url(url)!r}: only sqlite:// and postgresql:// are supported")
+
+
+SINGLE_USER = (
+    "SQLite mode is single-user; to share Orchestra between OS users, set database_url in the config file "
+    "(or ORCHESTRA_DATABASE_URL) to a postgresql:// URL (see README, \"Security model\")"
+)
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def secure_sqlite_file(path: Path) -> None:
+    """SQLite is the personal mode: the database file belongs to one OS user and only they may
+    read it. Before SQLAlchemy touches it, the file is created 0600 (SQLite gives its -wal and
+    -shm files the database file's mode), a file of ours with group/other bits is tightened to
+    0600, and a file of another user is refused with one line, before any connection is tried."""
+    problem = "cannot use the SQLite database {path}: {why}; " + SINGLE_USER
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            os.chmod(path, 0o600)  # whatever the umask
+            return
+        except FileExistsError:
+            pass
+        info = os.stat(path)
+    except OSError as exc:
+        raise OrchestraError(problem.format(path=path, why=exc.strerror or exc)) from None
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise OrchestraError(
+            f"the SQLite database {path} belongs to {_who(info.st_uid)}, not to you, {_who(me)}: " + SINGLE_USER)
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            found = info if candidate == path else os.stat(candidate)
+            if found.st_uid == me and stat.S_IMODE(found.st_mode) & 0o077:
+                os.chmod(candidate, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise OrchestraError(problem.format(path=candidate, why=exc.strerror or exc)) from None
 
 
 def is_sqlite(bind: Engine | Connection) -> bool:
@@ -123,6 +172,14 @@ def connect(url: str, *, auto_upgrade: bool | None = None) -> Engine:
             raise OrchestraError(
                 f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: {reason}; "
                 "check ORCHESTRA_DATABASE_URL and that the server is running"
+            ) from None
+        except ProgrammingError as exc:
+            if "permission denied" not in str(exc.orig):
+                raise
+            user = engine.url.username or "your login"
+            raise OrchestraError(
+                f"the database role {user} is not an Orchestra user (it may not read the schema); "
+                f"ask an admin to run `orchestra user add {user}`"
             ) from None
     if revision == HEAD_REVISION:
         return engine

@@ -113,7 +113,7 @@ class Task(Base):
     n_scouts: Mapped[int] = mapped_column(Integer, default=0)
     # Queued jobs, kept by every transition in and out of QUEUED: the scheduler reads this instead
     # of counting rows, so a cycle's cost does not grow with the depth of the queue.
-    n_queued: Mapped[int] = mapped_column(Integer, default=0)
+    n_queued: Mapped[int] = mapped_column(Integer)
     output_root: Mapped[str] = mapped_column(Text)
     # A request recorded by the CLI for the scheduler: "kill", "delete" or "purge".
     request: Mapped[str | None] = mapped_column(String(16))
@@ -195,3 +195,19 @@ class ChangeCounter(Base):
     __tablename__ = "change_counter"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AuditEntry(Base):
+    """Who did what, and for whom: an admin acting for a user is recorded as both.
+
+    On PostgreSQL `actor` must equal the connected role (row-level security checks it), so an
+    entry cannot be forged; on SQLite (personal mode) it is the OS login.
+    """
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(64))
+    acted_for: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(Text)

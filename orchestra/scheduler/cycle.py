@@ -15,19 +15,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from orchestra import fairshare
+from orchestra import expansion, fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
+from orchestra.config import ClusterConfig
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.errors import OrchestraError
+from orchestra.paths import UntrustedPath, trusted_output_root
 from orchestra.scheduler import crashpoints
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
@@ -391,10 +395,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ 2. user requests
     def apply_requests(self, report: CycleReport) -> None:
-        """Kill the live jobs of killed and deleted tasks; then forget the deleted ones."""
+        """Kill the live jobs of killed and deleted tasks; then forget the deleted ones.
+
+        A purge removes the output root recomputed from the cluster's storage and the owner's and
+        task's names (never the row's `output_root`), without following a link; a refusal is
+        logged and the cycle goes on.
+        """
         with self.tx() as session:
             requests = session.execute(
-                select(Task.id, Task.request, Task.output_root).where(Task.request.is_not(None))
+                select(Task.id, Task.request, Task.cluster, Task.name, User.name.label("owner"))
+                .outerjoin(User, User.id == Task.owner_id).where(Task.request.is_not(None))
             ).all()
             if not requests:
                 return
@@ -407,7 +417,7 @@ class Scheduler:
             killed = [Ending(a, AttemptStatus.KILLED, None, "killed by user", now) for a in live]
             self._record_endings(session, killed, report)
             self._charge_usage(session, live, killed, now, everyone=False)
-            for task_id, request, root in requests:
+            for task_id, request, cluster, task_name, owner in requests:
                 session.execute(
                     update(JOBS).where(JOBS.c.task_id == task_id,
                                        JOBS.c.status.in_([JobStatus.HELD.value, JobStatus.QUEUED.value]))
@@ -419,11 +429,20 @@ class Scheduler:
                     remove_task_rows(session, task_id)
                     report.counts["deleted"] += 1
                     if request == "purge":
-                        purge.append(root)
+                        try:
+                            storage = self.settings.cluster(cluster).storage
+                            purge.append((task_id, trusted_output_root(storage, owner, task_name), storage))
+                        except OrchestraError as exc:
+                            log.warning("purge of task %d refused: %s", task_id, exc)
         for name in {a.cluster for a in live}:
             self.backend(name).release([a.backend_name for a in live if a.cluster == name])
-        for root in purge:
-            purge_outputs(root)
+        for task_id, root, storage in purge:
+            try:
+                purge_outputs(root, storage)
+            except UntrustedPath as exc:
+                log.warning("purge of task %d refused: %s", task_id, exc)
+            except OrchestraError as exc:
+                log.warning("purge of task %d incomplete: %s", task_id, exc)
 
     # ------------------------------------------------------------------ 3. expand
     def expand(self, report: CycleReport) -> None:
@@ -433,7 +452,7 @@ class Scheduler:
             ).all()
         for task_id in registered:
             with self.tx() as session:  # one task, one transaction
-                report.counts["jobs expanded"] += expand_task(session, task_id, self.clock())
+                report.counts["jobs expanded"] += expand_task(session, task_id, self.clock(), settings=self.settings)
 
     # ------------------------------------------------------------------ 4. task states
     def advance_tasks(self, report: CycleReport) -> None:
@@ -546,33 +565,55 @@ class Scheduler:
         return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
 
     def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float) -> list[LaunchSpec]:
-        """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue."""
-        chosen = queue_heads(session, plan)
+        """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue.
+
+        Each job's output directory and log live under its task's output root recomputed and
+        checked here (see `_trusted_roots`), not under paths read from its rows.
+        """
+        task_info = {t.id: t for t in session.execute(
+            select(Task.id, Task.name, Task.cluster, Task.queue, Task.image, Task.max_time,
+                   User.name.label("user")).join(User, User.id == Task.owner_id)
+            .where(one_of(session, Task.id, {task_id for task_id, _ in plan})))}
+        roots = self._trusted_roots(session, task_info.values(), now)
+        chosen = queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots])
         if not chosen:
             return []
         rows = session.execute(
             update(JOBS).where(one_of(session, JOBS.c.id, chosen), JOBS.c.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
-            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.output_dir)
+            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command)
         ).all()
-        task_info = {t.id: t for t in session.execute(
-            select(Task.id, Task.name, Task.cluster, Task.queue, Task.image, Task.max_time, Task.output_root,
-                   User.name.label("user")).join(User, User.id == Task.owner_id)
-            .where(one_of(session, Task.id, {r.task_id for r in rows})))}
         specs = []
         attempts = []
         for r in rows:
             t = task_info[r.task_id]
-            cluster = self.settings.cluster(t.cluster)
+            cluster, root = roots[r.task_id]
             name = backend_name(r.task_id, r.index, r.attempts)
-            log_path = f"{t.output_root}/.attempts/{name}/log"
+            log_path = f"{root}/.attempts/{name}/log"
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
-                                    t.image, r.command, r.output_dir, log_path, t.max_time, cluster))
+                                    t.image, r.command, expansion.output_dir(root, r.index), log_path, t.max_time,
+                                    cluster))
             attempts.append((r.id, r.attempts, name, t.cluster, AttemptStatus.STARTING.value, log_path,
                              queue_charge(self.settings, t.cluster, t.queue), now))
         bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
         self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
+
+    def _trusted_roots(self, session: Session, tasks: Iterable[Any], now: float) -> dict[int, tuple[ClusterConfig, str]]:
+        """(cluster, output root) of each task whose root, recomputed from the cluster's storage,
+        the owner's name and the task's name, lies inside the storage without a symbolic link on
+        the way. Any other task is broken with the reason and gets no slot."""
+        roots: dict[int, tuple[ClusterConfig, str]] = {}
+        for t in tasks:
+            try:
+                cluster = self.settings.cluster(t.cluster)
+                roots[t.id] = (cluster, str(trusted_output_root(cluster.storage, t.user, t.name)))
+            except OrchestraError as exc:
+                log.warning("task %d not dispatched: %s", t.id, exc)
+                session.execute(update(TASKS).where(TASKS.c.id == t.id).values(
+                    status=TaskStatus.BROKEN.value, reason=f"its output directory cannot be trusted: {exc}",
+                    updated_at=now, finished_at=now))
+        return roots
 
     def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport,
                      accepted_only: bool = False) -> None:

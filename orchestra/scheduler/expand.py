@@ -12,8 +12,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestra import expansion
+from orchestra.config import Settings, load_settings
 from orchestra.db.bulk import bulk_insert
-from orchestra.db.models import Dataset, Job, Task
+from orchestra.db.models import Dataset, Job, Task, User
+from orchestra.errors import OrchestraError
+from orchestra.paths import trusted_output_root
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.services.datasets import config_paths
 from orchestra.states import JobStatus, TaskStatus
@@ -28,31 +31,49 @@ def scout_indices(n_jobs: int, n_scouts: int) -> set[int]:
     return {int(i) for i in np.unique(np.linspace(0, n_jobs - 1, n_scouts).round().astype(int))}
 
 
-def expand_task(session: Session, task_id: int, now: float | None = None) -> int:
-    """Insert the task's jobs (scouts queued, the rest held unless bypassed); returns the count."""
+def expand_task(session: Session, task_id: int, now: float | None = None, *, settings: Settings | None = None) -> int:
+    """Insert the task's jobs (scouts queued, the rest held unless bypassed); returns the count.
+
+    Nothing the row holds about paths or counts is trusted (a user may have written it): the
+    output root is recomputed from the cluster's storage in `settings` (the scheduler's; by
+    default the environment's), the owner's name and the task's name, checked, and written back
+    with `n_jobs` (the config dataset's files) and `n_scouts` (at most one per job). A root that
+    cannot be trusted breaks the task with the reason.
+    """
     now = time.time() if now is None else now
     task = session.execute(
-        select(Task.command, Task.data_dataset_id, Task.config_dataset_id, Task.output_root, Task.n_scouts,
-               Task.status).where(Task.id == task_id)
+        select(Task.name, Task.cluster, Task.command, Task.data_dataset_id, Task.config_dataset_id, Task.n_scouts,
+               Task.bypass, Task.status, User.name.label("owner"))
+        .outerjoin(User, User.id == Task.owner_id).where(Task.id == task_id)
     ).one()
     if task.status != TaskStatus.REGISTERED:
         return 0
+
+    def broken(reason: str) -> int:
+        session.execute(
+            update(Task).where(Task.id == task_id).values(
+                status=TaskStatus.BROKEN.value, reason=reason, updated_at=now, finished_at=now)
+        )
+        return 0
+
+    try:
+        storage = (settings or load_settings()).cluster(task.cluster).storage
+        root = str(trusted_output_root(storage, task.owner, task.name))
+    except OrchestraError as exc:
+        return broken(f"its output directory cannot be trusted: {exc}")
     data_path = session.scalar(select(Dataset.path).where(Dataset.id == task.data_dataset_id))
     configs = config_paths(session, task.config_dataset_id) if task.config_dataset_id else []
     if data_path is None or not configs:
-        session.execute(
-            update(Task).where(Task.id == task_id).values(
-                status=TaskStatus.BROKEN.value, reason="its datasets were deleted before it started",
-                updated_at=now, finished_at=now)
-        )
-        return 0
-    scouts = scout_indices(len(configs), task.n_scouts)
+        return broken("its datasets were deleted before it started")
+    n_jobs = len(configs)
+    n_scouts = 0 if task.bypass else max(0, min(task.n_scouts or 0, n_jobs))
+    scouts = scout_indices(n_jobs, n_scouts)
     held = JobStatus.HELD.value if scouts else JobStatus.QUEUED.value
     queued = JobStatus.QUEUED.value
     rows = [
         (task_id, job.index, job.config_path, job.output_dir, job.command, job.index in scouts,
          queued if job.index in scouts else held, 0, 0, now)
-        for job in expansion.expand(task.command, data_path, configs, task.output_root)
+        for job in expansion.expand(task.command, data_path, configs, root)
     ]
     columns = ("task_id", "index", "config_path", "output_dir", "command", "is_scout", "status", "attempts",
                "failures", "queued_at")
@@ -62,8 +83,9 @@ def expand_task(session: Session, task_id: int, now: float | None = None) -> int
     n_queued = len(scouts) if scouts else len(rows)
     session.execute(
         update(Task).where(Task.id == task_id).values(
-            status=(TaskStatus.SCOUTING if scouts else TaskStatus.RUNNING).value,
-            n_jobs=len(rows), n_queued=n_queued, updated_at=now, released_at=None if scouts else now,
+            status=(TaskStatus.SCOUTING if scouts else TaskStatus.RUNNING).value, output_root=root,
+            n_jobs=len(rows), n_scouts=n_scouts, n_queued=n_queued, updated_at=now,
+            released_at=None if scouts else now,
         )
     )
     return len(rows)

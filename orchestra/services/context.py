@@ -4,15 +4,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, insert, text, update
 from sqlalchemy.orm import Session
 
 from orchestra.config import Settings, load_settings
 from orchestra.db.engine import connect, is_sqlite
-from orchestra.db.models import ChangeCounter, User
+from orchestra.db.models import AuditEntry, ChangeCounter
 from orchestra.errors import PermissionDenied
+from orchestra.security.identity import Identity, resolve
+from orchestra.security.privileged import ensure_user
 
 WAKEUP_CHANNEL = "orchestra_wakeup"
 
@@ -21,14 +23,23 @@ WAKEUP_CHANNEL = "orchestra_wakeup"
 class Context:
     settings: Settings
     engine: Engine
+    _identity: Identity | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> Identity:
+        """Who is asking (resolved once, from the database's authenticated role on PostgreSQL)."""
+        if self._identity is None:
+            from_env = self.settings.sources.get("user") == "env ORCHESTRA_USER"
+            self._identity = resolve(self.engine, self.settings.user if from_env else None)
+        return self._identity
 
     @property
     def user(self) -> str:
-        return self.settings.user
+        return self.identity.user
 
     @property
     def admin(self) -> bool:
-        return self.settings.is_admin(self.user)
+        return self.identity.admin
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Context:
@@ -46,16 +57,14 @@ class Context:
             yield session
 
     def user_id(self, session: Session, name: str | None = None) -> int:
-        """The id of a user, created on first use (names come from the OS login)."""
+        """The id of a user, created on first use (with the config's share on SQLite)."""
         name = name or self.user
-        found = session.scalar(select(User.id).where(User.name == name))
-        if found is not None:
-            return found
-        share = self.settings.user_shares.get(name, 1.0)
-        user = User(name=name, share=share, usage=0.0, usage_at=time.time(), created_at=time.time())
-        session.add(user)
-        session.flush()
-        return user.id
+        return ensure_user(session, name, self.settings.user_shares.get(name, 1.0))
+
+    def audit(self, session: Session, action: str, target: str) -> None:
+        """Record who did what for whom, in the caller's transaction."""
+        session.execute(insert(AuditEntry).values(
+            at=time.time(), actor=self.identity.actor, acted_for=self.user, action=action, target=target))
 
     def require_owner(self, owner: str, what: str) -> None:
         if owner != self.user and not self.admin:

@@ -98,6 +98,7 @@ def register(ctx: Context, name: str, raw_path: str, cluster: str) -> DatasetInf
         dataset_id = dataset.id
         bulk_insert(session, DatasetFile.__table__, ("dataset_id", "position", "path", "size"),
                     [(dataset_id, i, p, size) for i, (p, size) in enumerate(files)])
+        ctx.audit(session, "dataset register", name)
         return _info(dataset, owner)
 
 
@@ -164,3 +165,4 @@ def delete_dataset(ctx: Context, name: str) -> None:
             )
         session.execute(delete(DatasetFile).where(DatasetFile.dataset_id == dataset.id))
         session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+        ctx.audit(session, "dataset delete", name)

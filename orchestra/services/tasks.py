@@ -10,13 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from orchestra import expansion
+from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.naming import check_ownership
+from orchestra.security import privileged
+from orchestra.security.privileged import remove_task_rows  # noqa: F401  (the scheduler's path)
 from orchestra.services import datasets
 from orchestra.services.context import Context
 from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
@@ -109,18 +112,22 @@ def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedT
         if dry_run:
             session.rollback()
             return result
-        now = time.time()
-        task = Task(
+        values = dict(
             name=req.name, owner_id=ctx.user_id(session, owner), cluster=cluster.name, queue=queue,
             image=req.image, command=req.command, config_dataset_id=config.id, data_dataset_id=data.id,
-            status=TaskStatus.REGISTERED.value, priority=req.priority, max_retries=retries, max_time=max_time,
-            bypass=req.bypass, n_jobs=config.n_files, n_scouts=n_scouts, n_queued=0, output_root=root,
-            created_at=now, updated_at=now,
+            priority=req.priority, max_retries=retries, max_time=max_time, bypass=req.bypass,
+            n_jobs=config.n_files, n_scouts=n_scouts,
         )
-        session.add(task)
-        session.flush()
+        if is_sqlite(session.connection()):
+            # PostgreSQL fills these from the server (a user's role may not set them: migration 0003);
+            # the scheduler recomputes the output root from its own storage when it expands the task.
+            now = time.time()
+            values.update(status=TaskStatus.REGISTERED.value, n_queued=0, output_root=root,
+                          created_at=now, updated_at=now)
+        task_id = session.execute(insert(Task).values(**values).returning(Task.id)).scalar_one()
+        ctx.audit(session, "task create", req.name)
         ctx.wake_scheduler(session)
-        return CreatedTask(task.id, task.name, task.n_jobs, n_scouts, queue, cluster.name, first)
+        return CreatedTask(task_id, req.name, config.n_files, n_scouts, queue, cluster.name, first)
 
 
 def find(session: Session, ref: str) -> tuple[Task, str]:
@@ -237,74 +244,33 @@ def _owned(ctx: Context, session: Session, ref: str) -> Task:
     return task
 
 
-def _live_jobs(session: Session, task_id: int) -> int:
-    return session.scalar(
-        select(func.count()).where(Job.task_id == task_id, Job.status.in_([s.value for s in LIVE_JOB]))
-    ) or 0
+def kill(ctx: Context, ref: str) -> tuple[str, str | None]:
+    """Stop a task: pending jobs at once, running ones in the scheduler's next cycle.
 
-
-def _stop_pending(session: Session, task: Task, now: float) -> None:
-    """Held and queued jobs end as KILLED at once; live ones are left to the scheduler."""
-    session.execute(
-        update(Job)
-        .where(Job.task_id == task.id, Job.status.in_([JobStatus.HELD.value, JobStatus.QUEUED.value]))
-        .values(status=JobStatus.KILLED.value, reason="killed by user", ended_at=now)
-    )
-    task.n_queued = 0
-
-
-def kill(ctx: Context, ref: str) -> Task:
-    """Stop a task: pending jobs at once, running ones in the scheduler's next cycle."""
-    now = time.time()
+    Returns the task's name and its request ('kill' while live jobs remain to be stopped)."""
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
         if task.status in (TaskStatus.COMPLETED, TaskStatus.PARTIAL, TaskStatus.BROKEN, TaskStatus.KILLED):
             raise OrchestraError(f"task {task.name!r} is already {task.status}; nothing to kill")
-        _stop_pending(session, task, now)
-        if _live_jobs(session, task.id):
-            task.request = "kill"
-        task.status = TaskStatus.KILLED.value
-        task.reason = f"killed by {ctx.user}"
-        task.updated_at = task.finished_at = now
+        request = privileged.kill(session, task.id, ctx.user)
+        ctx.audit(session, "task kill", task.name)
         ctx.wake_scheduler(session)
-        return task
+        return task.name, request
 
 
 def retry(ctx: Context, ref: str) -> int:
     """Re-queue failed and killed jobs (with a fresh retry budget); a BROKEN task scouts again."""
-    now = time.time()
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
         if task.request:
             raise OrchestraError(f"task {task.name!r} is still being stopped ({task.request}); retry in a moment")
         if task.status == TaskStatus.REGISTERED:
             raise OrchestraError(f"task {task.name!r} has not started yet; nothing to retry")
-        redo = [JobStatus.FAILED.value, JobStatus.KILLED.value]
         scouting_again = task.released_at is None and not task.bypass and task.n_scouts > 0
-        if scouting_again:
-            # Not released yet: rerun the scouts, hold everything else until they pass.
-            n_queued = session.execute(
-                update(Job).where(Job.task_id == task.id, Job.is_scout.is_(True), Job.status.in_(redo))
-                .values(status=JobStatus.QUEUED.value, failures=0, reason=None, exit_code=None, queued_at=now)
-            ).rowcount
-            session.execute(
-                update(Job).where(Job.task_id == task.id, Job.is_scout.is_(False), Job.status.in_(redo))
-                .values(status=JobStatus.HELD.value, failures=0, reason=None, exit_code=None, queued_at=now)
-            )
-            new_status = TaskStatus.SCOUTING
-        else:
-            n_queued = session.execute(
-                update(Job).where(Job.task_id == task.id, Job.status.in_(redo))
-                .values(status=JobStatus.QUEUED.value, failures=0, reason=None, exit_code=None, queued_at=now)
-            ).rowcount
-            new_status = TaskStatus.RUNNING
-        if n_queued == 0 and new_status == TaskStatus.RUNNING:
+        n_queued = privileged.retry(session, task.id, ctx.user)
+        if n_queued == 0 and not scouting_again:
             raise OrchestraError(f"task {task.name!r} has no failed or killed jobs; nothing to retry")
-        task.n_queued += n_queued
-        task.status = new_status.value
-        task.reason = None
-        task.finished_at = None
-        task.updated_at = now
+        ctx.audit(session, "task retry", task.name)
         ctx.wake_scheduler(session)
         return n_queued
 
@@ -314,34 +280,32 @@ def delete_task(ctx: Context, ref: str, *, purge: bool = False) -> bool:
 
     Returns True when the task is gone now, False when the scheduler will finish the job.
     """
-    now = time.time()
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
-        if _live_jobs(session, task.id):
-            _stop_pending(session, task, now)
-            task.request = "purge" if purge else "delete"
-            task.status = TaskStatus.KILLED.value
-            task.reason = f"being deleted by {ctx.user}"
-            task.updated_at = now
+        name, cluster, owner_id = task.name, task.cluster, task.owner_id
+        owner = session.scalar(select(User.name).where(User.id == owner_id))
+        gone = privileged.delete_task(session, task.id, purge, ctx.user)
+        ctx.audit(session, "task delete" + (" --purge" if purge else ""), name)
+        if not gone:
             ctx.wake_scheduler(session)
-            return False
-        root = task.output_root
-        remove_task_rows(session, task.id)
-    if purge:
-        purge_outputs(root)
-    return True
+    if gone and purge:
+        purge_outputs(expansion.output_root(str(ctx.settings.cluster(cluster).storage), owner or "", name),
+                      ctx.settings.cluster(cluster).storage)
+    return gone
 
 
-def remove_task_rows(session: Session, task_id: int) -> None:
-    """Delete a task with its jobs and attempts, children first (fast on both databases)."""
-    job_ids = select(Job.id).where(Job.task_id == task_id).scalar_subquery()
-    session.execute(delete(Attempt).where(Attempt.job_id.in_(job_ids)))
-    session.execute(delete(Job).where(Job.task_id == task_id))
-    session.execute(delete(Task).where(Task.id == task_id))
+def purge_outputs(root: str | Path, storage: Path) -> None:
+    """Remove a task's output directory (its jobs' %OUT and attempt logs) inside the cluster's
+    `storage`, never following a symbolic link (orchestra.paths.safe_rmtree).
 
+    UntrustedPath (an OrchestraError) when the root is outside the storage or goes through a
+    link; OrchestraError when some of it could not be removed. A missing root is nothing to do.
+    """
+    from orchestra.paths import safe_rmtree
 
-def purge_outputs(root: str) -> None:
-    """Remove a task's output directory (its jobs' %OUT and attempt logs)."""
-    path = Path(root)
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+    try:
+        safe_rmtree(Path(root), storage)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else root
+        raise OrchestraError(f"some outputs of {root} were not removed ({where}: {exc.strerror or exc}); "
+                             "remove them by hand") from None

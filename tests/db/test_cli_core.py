@@ -11,7 +11,7 @@ from orchestra.db.engine import make_engine
 from orchestra.db.models import DatasetFile, Job, Task
 from orchestra.scheduler.expand import expand_task
 from orchestra.services.context import Context
-from tests.helpers import Cli
+from tests.helpers import ADMIN, Cli
 
 
 def make_files(root: Path, n: int = 5) -> tuple[Path, Path]:
@@ -97,7 +97,7 @@ def test_other_users_task_is_refused_but_admin_may(cli: Cli, registered: Path) -
     cli.ok(CREATE)
     result = cli("maestro task delete -t user.alice.my_task --yes", user="bob")
     assert result.code == 1 and "only its owner or an admin" in result.err
-    cli.ok("maestro task kill -t user.alice.my_task", user="root")
+    cli.ok("maestro task kill -t user.alice.my_task", user=ADMIN)
 
 
 def test_dataset_in_use_cannot_be_deleted(cli: Cli, registered: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import Cli
+import pytest
+
+from tests.helpers import Cli, write_config
 
 EXTRA = """
 [accounts.physics]
@@ -38,3 +40,29 @@ def test_config_show_reports_values_and_their_origin(cli: Cli, env: dict[str, st
     assert "scheduler.scouts" in text and f"(file {path})" in text
     assert "accounts.physics" in text and "users=alice, bob" in text
     assert "kubernetes.namespace" in text and "batch" in text
+
+
+def test_config_show_never_prints_the_database_password(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The URL may hold a password (env or file), and `config show` output gets pasted into tickets.
+
+    No database is needed: `config show` only reads the settings.
+    """
+    config = write_config(tmp_path / "orchestra.toml", tmp_path)
+    for key, value in {"ORCHESTRA_HOME": str(tmp_path), "ORCHESTRA_CONFIG": str(config), "ORCHESTRA_USER": "alice",
+                       "ORCHESTRA_DATABASE_URL": "postgresql://bob:s3cret@db.invalid/orchestra"}.items():
+        monkeypatch.setenv(key, value)
+    cli = Cli(capsys)
+    try:
+        shown = cli.ok("orchestra config show --json")
+        assert json.loads(shown.out)["database_url"] == "postgresql://bob:***@db.invalid/orchestra"
+        text = cli.ok("orchestra config show")
+        assert "postgresql://bob:***@db.invalid/orchestra" in text.out
+        monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+        config.write_text('database_url = "postgresql://bob:s3cret@db.invalid/orchestra"\n' + config.read_text())
+        from_file = [cli.ok("orchestra config show --json"), cli.ok("orchestra config show")]
+        assert "bob:***@db.invalid" in from_file[0].out and "bob:***@db.invalid" in from_file[1].out
+        for result in (shown, text, *from_file):
+            assert "s3cret" not in result.out + result.err
+    finally:
+        cli.close()

@@ -20,7 +20,7 @@ from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.services.context import Context
 from orchestra.services.queue import policy_input
-from tests.helpers import Cli
+from tests.helpers import ADMIN, Cli
 
 TAU = 7 * 86400 / math.log(2)  # default half-life: one running cpu job weighs tau slot-seconds
 
@@ -151,7 +151,7 @@ def test_policy_input_is_what_the_scheduler_plans(cli: Cli, world: Path, env: di
 
 def test_cap_reached(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
     scheduler, _ = sched
-    cli.ok("orchestra user set alice --max-running 2", user="root")
+    cli.ok("orchestra user set alice --max-running 2", user=ADMIN)
     create(cli, "alice", "a")
     scheduler.cycle()
     [row] = queue(cli)
@@ -226,7 +226,7 @@ def test_killed_task_is_shown_until_its_jobs_stop(cli: Cli, world: Path, sched: 
 
 def test_usage_numbers(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
     scheduler, _ = sched
-    cli.ok("orchestra user set bob --share 3", user="root")
+    cli.ok("orchestra user set bob --share 3", user=ADMIN)
     create(cli, "alice", "a")
     scheduler.cycle()
     rows = {r["user"]: r for r in json.loads(cli.ok("maestro usage --json").out)["rows"]}

@@ -59,7 +59,7 @@ def test_rewritten_tables_leave_room_for_hot_updates(db_url: str) -> None:
 
 
 def test_an_install_at_0001_with_data_upgrades_to_head(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Migration 0002 on a database that holds rows: PostgreSQL refuses to run until `orchestra db
+    """Migrations 0002+ on a database that holds rows: PostgreSQL refuses to run until `orchestra db
     upgrade` (one line saying so), SQLite upgrades itself; the rows survive either way."""
     from alembic import command
 
@@ -81,7 +81,8 @@ def test_an_install_at_0001_with_data_upgrades_to_head(db_url: str, tmp_path) ->
         command.upgrade(cfg, "0001")
         conn.execute(text("INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('ann', 1, 5, 0, 0)"))
     if engine.dialect.name == "postgresql":
-        with pytest.raises(OrchestraError, match=r"schema is at revision 0001, this Orchestra needs 0002; "
+        with pytest.raises(OrchestraError, match=r"schema is at revision 0001, this Orchestra needs "
+                                                 rf"{HEAD_REVISION}; "
                                                  r"run `orchestra db upgrade`"):
             connect(db_url)
         upgrade(engine)

@@ -10,7 +10,7 @@ import pytest
 
 from orchestra.services.context import Context
 from tests.e2e.scheduler_helpers import cycles_until, job_states, make_inputs, run_scheduler, task_status
-from tests.helpers import Cli
+from tests.helpers import ADMIN, Cli
 
 
 def register(cli: Cli, storage: Path, n: int) -> None:
@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
 def test_slots_and_user_cap_are_respected(cli: Cli, storage: Path, env: dict[str, str]) -> None:
     register(cli, storage, 12)
     create(cli, "wide", "sleep 0.3; echo %DATA %IN %OUT", "--bypass")
-    cli.ok("orchestra user set alice --max-running 3", user="root")
+    cli.ok("orchestra user set alice --max-running 3", user=ADMIN)
     ctx = Context.from_env()
     from sqlalchemy import func, select
 

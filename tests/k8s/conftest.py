@@ -20,8 +20,6 @@ from tests.k8s_sim import Faults, KubeSim, NodeOptions
 NAMESPACE = "orchestra"
 
 K8S_CONFIG = """
-admins = ["root"]
-
 [scheduler]
 scouts = 3
 max_retries = 1

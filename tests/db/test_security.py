@@ -1,0 +1,311 @@
+"""The database is the wall (PostgreSQL): users connect as their own password-authenticated roles
+(tests/conftest.py trusts only the superuser) and every route around the CLI is refused by the
+server itself, leaving the database exactly as it was.
+
+Roles: alice and bob (orchestra_users), carol (orchestra_admins), sched (orchestra_scheduler).
+The setup runs the real commands as those roles: alice and bob register datasets and create tasks
+through the CLI, and a real scheduler cycle, connected as `sched`, expands them.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from orchestra.db.models import AuditEntry, Task
+from orchestra.scheduler.cycle import CycleReport, Scheduler
+from orchestra.services.context import Context
+from tests.e2e.scheduler_helpers import make_inputs, run_scheduler
+from tests.helpers import ADMIN, Cli, Result
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+ROLES = {"alice": (False, False), "bob": (False, False), "carol": (True, False), "sched": (False, True)}
+TABLES = ("users", "datasets", "dataset_files", "tasks", "jobs", "attempts", "scheduler_lease",
+          "change_counter", "audit_log", "alembic_version")
+
+
+def role_url(db_url: str, role: str, password: str | None = None) -> str:
+    return make_url(db_url).set(username=role, password=password or f"pw-{role}").render_as_string(
+        hide_password=False)
+
+
+@dataclass
+class World:
+    db_url: str
+    owner: Engine
+    cli: Cli
+    monkeypatch: pytest.MonkeyPatch
+    ids: dict[str, int]
+
+    def run(self, role: str, line: str, acting_for: str | None = None) -> Result:
+        """A CLI command as `role` connects: its own URL, ORCHESTRA_USER only if given."""
+        self.monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(self.db_url, role))
+        try:
+            return self.cli(line, user=acting_for or ADMIN)
+        finally:
+            self.monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+
+    def ok(self, role: str, line: str, acting_for: str | None = None) -> Result:
+        result = self.run(role, line, acting_for)
+        assert result.code == 0, f"{role}: {line!r} failed: {result.err}{result.out}"
+        return result
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        with self.owner.connect() as conn:
+            return {t: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1"))] for t in TABLES}
+
+    def context(self, role: str) -> Context:
+        self.monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(self.db_url, role))
+        self.monkeypatch.delenv("ORCHESTRA_USER", raising=False)
+        ctx = Context.from_env()
+        self.monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+        return ctx
+
+
+@pytest.fixture
+def world(db_url: str, env: dict[str, str], cli: Cli, tmp_path: Path, storage: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    owner = create_engine(db_url)
+    with owner.begin() as conn:
+        for role, (admin, scheduler) in ROLES.items():
+            conn.execute(text("SELECT orchestra_add_user(:r, :a, :s, :p)"),
+                         {"r": role, "a": admin, "s": scheduler, "p": f"pw-{role}"})
+    monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+    w = World(db_url, owner, cli, monkeypatch, {})
+    for user in ("alice", "bob"):
+        configs, data = make_inputs(storage / user, 3)
+        w.ok(user, f"orchestra_registry.py -d user.{user}.cfg -p {configs}")
+        w.ok(user, f"orchestra_registry.py -d user.{user}.data -p {data}")
+        w.ok(user, f"maestro task create -c user.{user}.cfg -d user.{user}.data -t user.{user}.t "
+                   "--containerImage busybox --exec 'echo %IN %DATA %OUT' --bypass")
+    ctx = w.context("sched")
+    scheduler = Scheduler(ctx)
+    assert scheduler.lease.try_acquire()
+    scheduler.expand(CycleReport())  # jobs queued, none started: kill and delete act at once
+    scheduler.lease.release()
+    ctx.engine.dispose()
+    with owner.connect() as conn:
+        for user in ("alice", "bob"):
+            w.ids[f"{user}_uid"] = conn.execute(text("SELECT id FROM users WHERE name = :u"), {"u": user}).scalar_one()
+            w.ids[f"{user}_task"] = conn.execute(
+                text("SELECT id FROM tasks WHERE name = :t"), {"t": f"user.{user}.t"}).scalar_one()
+            w.ids[f"{user}_ds"] = conn.execute(
+                text("SELECT id FROM datasets WHERE name = :d"), {"d": f"user.{user}.cfg"}).scalar_one()
+            w.ids[f"{user}_job"] = conn.execute(
+                text("SELECT min(id) FROM jobs WHERE task_id = :t"), {"t": w.ids[f"{user}_task"]}).scalar_one()
+    assert w.ids["alice_job"] is not None, "the scheduler (as role sched) expanded the tasks"
+    yield w
+    owner.dispose()
+
+
+def new_task(column: str = "", value: str = "", name: str = "user.bob.x", owner: str = "{bob_uid}") -> str:
+    """SQL inserting a task the way `task create` may (plus one more column, if given)."""
+    extra_col, extra_val = (f", {column}", f", {value}") if column else ("", "")
+    return ("INSERT INTO tasks (name, owner_id, cluster, queue, image, command, priority, max_retries, bypass, "
+            f"n_jobs, n_scouts{extra_col}) VALUES ('{name}', {owner}, 'LPS', 'cpu', 'busybox', 'echo', 0, 1, true, "
+            f"1, 0{extra_val})")
+
+
+# (what bob tries, the SQL); each must fail, or (RLS filtering a DELETE) change nothing.
+ATTACKS = [
+    ("kill alice's task by UPDATE", "UPDATE tasks SET status = 'killed' WHERE id = {alice_task}"),
+    ("point alice's output root at a victim and ask for a purge",
+     "UPDATE tasks SET output_root = '/etc', request = 'purge' WHERE id = {alice_task}"),
+    ("delete alice's task", "DELETE FROM tasks WHERE id = {alice_task}"),
+    ("delete alice's dataset", "DELETE FROM datasets WHERE id = {alice_ds}"),
+    ("delete alice's dataset files", "DELETE FROM dataset_files WHERE dataset_id = {alice_ds}"),
+    ("add a file to alice's dataset",
+     "INSERT INTO dataset_files (dataset_id, position, path, size) VALUES ({alice_ds}, 99, '/etc/shadow', 1)"),
+    ("register a dataset in alice's name",
+     "INSERT INTO datasets (name, owner_id, cluster, path, is_dir, n_files, total_size, created_at) "
+     "VALUES ('user.alice.fake', {alice_uid}, 'LPS', '/etc', true, 1, 1, 0)"),
+    ("create a task in alice's name", new_task(name="user.alice.x", owner="{alice_uid}")),
+    ("create a task already running", new_task("status", "'running'")),
+    ("create a task with its own output root", new_task("output_root", "'/etc'")),
+    ("backdate a task for age priority", new_task("created_at", "0")),
+    ("create a task with a queue counter", new_task("n_queued", "100")),
+    ("create a task with a priority out of range", new_task().replace("'echo', 0, 1", "'echo', 1000, 1")),
+    ("raise one's own share", "UPDATE users SET share = 1000 WHERE id = {bob_uid}"),
+    ("lift one's own cap", "UPDATE users SET max_running = NULL WHERE id = {bob_uid}"),
+    ("cap alice", "UPDATE users SET max_running = 1 WHERE id = {alice_uid}"),
+    ("forget one's own usage", "UPDATE users SET usage = 0 WHERE id = {bob_uid}"),
+    ("create a user row", "INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('eve', 9, 0, 0, 0)"),
+    ("inflate one's own task's queue counter", "UPDATE tasks SET n_queued = 1000 WHERE id = {bob_task}"),
+    ("change one's own task's status", "UPDATE tasks SET status = 'running' WHERE id = {bob_task}"),
+    ("re-queue one's own finished job", "UPDATE jobs SET status = 'queued' WHERE id = {bob_job}"),
+    ("insert a job", "INSERT INTO jobs (task_id, index, config_path, output_dir, command, status, is_scout, attempts, "
+                     "failures, queued_at) VALUES ({bob_task}, 99, '/x', '/x', 'echo', 'queued', false, 0, 0, 0)"),
+    ("insert an attempt", "INSERT INTO attempts (job_id, number, backend_name, cluster, status, weight, created_at) "
+                          "VALUES ({bob_job}, 9, 'x', 'LPS', 'running', 1, 0)"),
+    ("take the scheduler lease", "UPDATE scheduler_lease SET holder = 'bob', expires_at = 1e12"),
+    ("insert a second lease", "INSERT INTO scheduler_lease (name, holder, expires_at) VALUES ('x', 'bob', 1e12)"),
+    ("call kill for alice's task", "SELECT orchestra_task_kill({alice_task}, 'bob')"),
+    ("call retry for alice's task", "SELECT orchestra_task_retry({alice_task}, 'bob')"),
+    ("request a purge of alice's task", "SELECT orchestra_task_delete({alice_task}, true, 'bob')"),
+    ("kill one's own task in alice's name", "SELECT orchestra_task_kill({bob_task}, 'alice')"),
+    ("create another user's row", "SELECT orchestra_ensure_user('mallory')"),
+    ("make oneself an admin", "SELECT orchestra_add_user('bob', true, true, NULL)"),
+    ("remove alice", "SELECT orchestra_remove_user('alice')"),
+    ("call the owner's internal check", "SELECT orchestra_owned_task({alice_task}, 'bob')"),
+    ("read alice's password hash", "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'"),
+    ("forge an audit entry", "INSERT INTO audit_log (at, actor, acted_for, action, target) "
+                             "VALUES (0, 'alice', 'alice', 'task kill', 'user.alice.t')"),
+    ("grant oneself the admin group", "GRANT orchestra_admins TO bob"),
+    ("become alice", "SET ROLE alice"),
+    ("switch row-level security off", "ALTER TABLE tasks DISABLE ROW LEVEL SECURITY"),
+    ("plant a function in the schema", "CREATE FUNCTION public.orchestra_uid() RETURNS bigint LANGUAGE sql AS 'SELECT 1'"),
+    ("empty the tasks table", "TRUNCATE tasks CASCADE"),
+    ("rename the wake-up counter", "UPDATE change_counter SET name = 'x'"),
+    ("rewrite the schema version", "UPDATE alembic_version SET version_num = '0001'"),
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attack_as_a_plain_user_is_refused_by_postgresql(world: World, attack: tuple[str, str]) -> None:
+    what, sql = attack
+    before = world.snapshot()
+    bob = create_engine(role_url(world.db_url, "bob"))
+    refused = False
+    try:
+        with bob.begin() as conn:
+            result = conn.execute(text(sql.format(**world.ids)))
+            changed = result.rowcount if result.returns_rows is False else len(result.fetchall())
+    except DBAPIError:
+        refused = True
+    finally:
+        bob.dispose()
+    assert refused or changed == 0, f"{what}: PostgreSQL allowed it"
+    assert world.snapshot() == before, f"{what}: the database changed"
+
+
+def test_the_same_inserts_within_the_rules_succeed(world: World) -> None:
+    """The control for the table above: bob's own task with only `task create`'s columns, and his
+    own dataset, are accepted (so each refusal above is about the one thing that differs)."""
+    bob = create_engine(role_url(world.db_url, "bob"))
+    with bob.begin() as conn:
+        conn.execute(text(new_task().format(**world.ids)))
+        conn.execute(text("INSERT INTO datasets (name, owner_id, cluster, path, is_dir, n_files, total_size, "
+                          "created_at) VALUES ('user.bob.more', {bob_uid}, 'LPS', '/tmp', true, 0, 0, 0)"
+                          .format(**world.ids)))
+        status, root, created = conn.execute(text(
+            "SELECT status, output_root, created_at FROM tasks WHERE name = 'user.bob.x'")).one()
+    bob.dispose()
+    assert (status, root) == ("registered", "") and created > 1e9  # the server's values, not the client's
+
+
+def test_identity_cannot_be_forged(world: World) -> None:
+    """A role without its password gets nothing; ORCHESTRA_USER does not make bob alice."""
+    result = world.run("bob", "maestro task list")
+    assert result.code == 0
+    world.monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(world.db_url, "alice", password="guess"))
+    result = world.cli("maestro task list", user=ADMIN)
+    world.monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+    assert result.code == 1 and "password authentication failed" in result.err and len(result.err.splitlines()) == 1
+    before = world.snapshot()
+    result = world.run("bob", "maestro task kill -t user.alice.t", acting_for="alice")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert "ORCHESTRA_USER=alice is refused" in result.err and "'bob'" in result.err
+    assert world.snapshot() == before
+
+
+def test_the_cli_refuses_another_users_task_in_one_line(world: World) -> None:
+    before = world.snapshot()
+    for line in ("maestro task kill -t user.alice.t", "maestro task retry -t user.alice.t",
+                 "maestro task delete -t user.alice.t --purge --yes", "maestro dataset delete -d user.alice.data",
+                 "orchestra user set bob --share 50", "orchestra user add eve", "orchestra user remove alice",
+                 "orchestra_registry.py -d user.alice.mine -p /etc/hostname"):
+        result = world.run("bob", line)
+        assert result.code == 1, line
+        assert result.err.count("\n") == 1 and "Traceback" not in result.err, (line, result.err)
+    assert world.snapshot() == before
+
+
+def test_owner_kills_retries_and_deletes_own_task_through_the_owners_functions(world: World) -> None:
+    world.ok("bob", "maestro task kill -t user.bob.t")
+    with world.owner.connect() as conn:
+        status, reason = conn.execute(text("SELECT status, reason FROM tasks WHERE name = 'user.bob.t'")).one()
+    assert (status, reason) == ("killed", "killed by bob")
+    assert "re-queued" in world.ok("bob", "maestro task retry -t user.bob.t").out
+    world.ok("bob", "maestro task kill -t user.bob.t")
+    world.ok("bob", "maestro task delete -t user.bob.t --yes")
+    with world.owner.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM tasks WHERE name = 'user.bob.t'")).scalar() in (0, 1)
+        actions = conn.execute(text("SELECT actor, acted_for, action FROM audit_log WHERE target = 'user.bob.t' "
+                                    "ORDER BY id")).all()
+    assert [a[2] for a in actions] == ["task create", "task kill", "task retry", "task kill", "task delete"]
+    assert {(a[0], a[1]) for a in actions} == {("bob", "bob")}
+
+
+def test_an_admin_acting_for_a_user_is_recorded_as_both(world: World) -> None:
+    world.ok("carol", "maestro task kill -t user.alice.t", acting_for="alice")
+    ctx = world.context("alice")
+    with ctx.transaction() as session:
+        entry = session.execute(select(AuditEntry.actor, AuditEntry.acted_for, AuditEntry.action)
+                                .order_by(AuditEntry.id.desc()).limit(1)).one()
+        reason = session.scalar(select(Task.reason).where(Task.name == "user.alice.t"))
+    ctx.engine.dispose()
+    assert tuple(entry) == ("carol", "alice", "task kill")
+    assert reason == "killed by alice"
+    # Acting for alice gives alice's powers, not carol's: alice may not touch bob's task.
+    result = world.run("carol", "maestro task kill -t user.bob.t", acting_for="alice")
+    assert result.code == 1 and "belongs to 'bob'" in result.err
+    # As herself, carol is an admin.
+    world.ok("carol", "orchestra user set bob --share 3")
+    world.ok("carol", "maestro task kill -t user.bob.t")
+
+
+def test_only_the_scheduler_role_may_schedule(world: World) -> None:
+    for role in ("bob", "carol"):
+        result = run_scheduler("--once", env={"ORCHESTRA_DATABASE_URL": role_url(world.db_url, role),
+                                              "ORCHESTRA_USER": ""})
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and "may not run the scheduler" in result.stderr
+    result = run_scheduler("--until-idle", env={"ORCHESTRA_DATABASE_URL": role_url(world.db_url, "sched"),
+                                                "ORCHESTRA_USER": ""})
+    assert result.returncode == 0, result.stderr
+    with world.owner.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT name, status FROM tasks")).all())
+        logs = conn.execute(text("SELECT log_path FROM attempts")).scalars().all()
+    assert statuses == {"user.alice.t": "completed", "user.bob.t": "completed"}
+    assert len(logs) == 6
+
+
+def test_a_job_never_sees_the_schedulers_database_url(world: World) -> None:
+    world.ok("alice", "maestro task create -c user.alice.cfg -d user.alice.data -t user.alice.env "
+                      "--containerImage busybox --exec 'env; echo %IN %DATA %OUT' --bypass")
+    result = run_scheduler("--until-idle", env={"ORCHESTRA_DATABASE_URL": role_url(world.db_url, "sched"),
+                                                "ORCHESTRA_USER": "", "PGPASSWORD": "pw-sched"})
+    assert result.returncode == 0, result.stderr
+    assert "pw-sched" not in result.stderr  # nor in the service's own log lines
+    with world.owner.connect() as conn:
+        logs = conn.execute(text("SELECT a.log_path FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                                 "JOIN tasks t ON t.id = j.task_id WHERE t.name = 'user.alice.env'")).scalars().all()
+    assert len(logs) == 3
+    for log in logs:
+        printed = Path(log).read_text()
+        assert "PATH=" in printed and "ORCHESTRA_TASK=user.alice.env" in printed  # the job's env was printed
+        assert "pw-sched" not in printed and "ORCHESTRA_DATABASE_URL" not in printed and "ORCHESTRA_CONFIG" not in printed
+
+
+def test_user_add_list_remove(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-dave\n"))
+    out = world.ok("carol", "orchestra user add dave --password-stdin").out
+    assert "dave" in out and "s3cret" not in out
+    listed = world.ok("carol", "orchestra user list --json").out
+    assert '"name": "dave"' in listed and '"login": true' in listed
+    dave = create_engine(role_url(world.db_url, "dave", "s3cret-dave"))
+    with dave.connect() as conn:
+        assert conn.execute(text("SELECT session_user")).scalar() == "dave"
+    dave.dispose()
+    assert "removed the login role dave" in world.ok("carol", "orchestra user remove dave").out
+    result = world.run("carol", "orchestra user add postgres")
+    assert result.code == 1 and "exists and is not an Orchestra user" in result.err
