@@ -1,7 +1,9 @@
 """`orchestra`: the admin's CLI: configuration, database, the scheduler service, users."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +15,7 @@ from orchestra.config import load_settings
 from orchestra.db.engine import HEAD_REVISION, current_revision, make_engine, upgrade
 from orchestra.errors import OrchestraError
 from orchestra.security import roles
+from orchestra.services.context import Context
 
 app = new_app("Orchestra administration: config, database, scheduler service, users.")
 config_app = new_app("Inspect the effective configuration.")
@@ -108,8 +111,9 @@ def scheduler_run(
     from orchestra.scheduler.loop import LoopOptions, run as run_loop
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
-    ctx = context()
-    roles.require_scheduler(ctx)
+    # The service acts for nobody: ORCHESTRA_USER is ignored, the connected role must be a scheduler.
+    ctx = Context.from_env()
+    ctx = dataclasses.replace(ctx, _identity=roles.require_scheduler(ctx))
     code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
                     say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
     raise typer.Exit(code)
@@ -121,11 +125,20 @@ def user_add(
     admin: Annotated[bool, typer.Option("--admin", help="member of orchestra_admins")] = False,
     scheduler: Annotated[bool, typer.Option("--scheduler", help="may run the scheduler service")] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read a password (for TCP logins) from stdin")] = False,
+    password_env: Annotated[Optional[str], typer.Option("--password-env", metavar="VAR", help="take the password from environment variable VAR (containers)")] = None,
 ) -> None:
     """Create or update a user's PostgreSQL login role and grant the Orchestra groups (admins only)."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
-    if password_stdin and not password:
-        raise OrchestraError("--password-stdin read an empty line; pipe the password, e.g. `pass show db | orchestra user add ...`")
+    if password_stdin and password_env:
+        raise OrchestraError("give the password one way: --password-stdin or --password-env, not both")
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise OrchestraError("--password-stdin read an empty line; pipe the password, e.g. `pass show db | orchestra user add ...`")
+    elif password_env:
+        password = os.environ.get(password_env)
+        if not password:
+            raise OrchestraError(f"--password-env {password_env}: that environment variable is not set or empty; set it")
     ctx = context()
     added = roles.add_user(ctx, name, admin=admin, scheduler=scheduler, password=password)
     for line in roles.how_to_connect(ctx, added):

@@ -60,6 +60,7 @@ def context() -> Context:
     global _context
     if _context is None:
         _context = Context.from_env()
+        _ = _context.identity  # who is asking is settled (or refused) before any command runs
     return _context
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import User
 from orchestra.errors import OrchestraError, PermissionDenied
-from orchestra.security.identity import check_user_name, resolve
+from orchestra.security.identity import Identity, check_user_name, resolve
 from orchestra.security.privileged import _call, ensure_user
 from orchestra.services.context import Context
 
@@ -107,10 +107,11 @@ def set_user(ctx: Context, name: str, *, share: float | None, max_running: int |
     return row[0], row[1]
 
 
-def require_scheduler(ctx: Context) -> None:
+def require_scheduler(ctx: Context) -> Identity:
     """Only the admin's service may schedule: a member of orchestra_scheduler (PostgreSQL)."""
     me = resolve(ctx.engine, None)  # the scheduler ignores ORCHESTRA_USER: it acts for nobody
     if not me.scheduler:
         raise PermissionDenied(
             f"the role {me.actor!r} may not run the scheduler: only members of orchestra_scheduler may "
             "(an admin creates the service's role with `orchestra user add NAME --scheduler`)")
+    return me

@@ -370,10 +370,21 @@ def test_compose_file_wires_postgres_and_the_scheduler(tmp_path: Path) -> None:
             parse_orchestra(["orchestra", *service["command"]])
 
     env, pg_env = compose_env(scheduler), compose_env(postgres)
+    owner = make_url(compose_env(services["migrate"])["ORCHESTRA_DATABASE_URL"])
+    assert (owner.username, owner.password, owner.database) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"],
+                                                                pg_env["POSTGRES_DB"])
+    # The scheduler connects as its own role (orchestra_scheduler), made by a one-shot service that
+    # runs as the owner, not as the owner itself.
     url = make_url(env["ORCHESTRA_DATABASE_URL"])
-    assert url.drivername == "postgresql+psycopg2" and url.host == "postgres"
-    assert (url.username, url.password, url.database) == (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"],
-                                                          pg_env["POSTGRES_DB"])
+    assert url.drivername == "postgresql+psycopg2" and url.host == "postgres" and url.database == owner.database
+    assert url.username != owner.username
+    [maker] = [svc for svc in services.values() if (svc.get("command") or [])[:3] == ["user", "add", url.username]]
+    path, params = parse_orchestra(["orchestra", *maker["command"]])
+    assert path == "user add" and params["scheduler"] and not params["admin"]
+    assert compose_env(maker)[params["password_env"]] == url.password
+    assert make_url(compose_env(maker)["ORCHESTRA_DATABASE_URL"]) == owner
+    assert scheduler["depends_on"][[n for n, svc in services.items() if svc is maker][0]]["condition"] == \
+        "service_completed_successfully"
 
     mounts = {}
     for volume in scheduler["volumes"]:
