@@ -84,9 +84,13 @@ def list_users(ctx: Context) -> list[UserRow]:
         known = {r.name: r for r in session.execute(select(User.name, User.share, User.max_running))}
         roles: dict[str, list[str]] = {}
         if not is_sqlite(ctx.engine):
+            # PostgreSQL 16+ gives a CREATEROLE role (the schema owner) ADMIN OPTION on the roles it
+            # creates, with neither INHERIT nor SET: that is no membership, so it is not listed.
+            real = ("AND (m.inherit_option OR m.set_option)"
+                    if session.scalar(text("SELECT current_setting('server_version_num')::int")) >= 160000 else "")
             for member, group in session.execute(text(
                 "SELECT r.rolname, g.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid "
-                "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = ANY(:groups) AND r.rolcanlogin"),
+                f"JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = ANY(:groups) AND r.rolcanlogin {real}"),
                     {"groups": list(GROUPS)}):
                 roles.setdefault(member, []).append(group.removeprefix("orchestra_"))
     names = sorted(set(known) | set(roles))
