@@ -3,13 +3,16 @@
 server itself, leaving the database exactly as it was.
 
 Roles: alice and bob (orchestra_users), carol (orchestra_admins), sched (orchestra_scheduler).
-The setup runs the real commands as those roles: alice and bob register datasets and create tasks
-through the CLI, and a real scheduler cycle, connected as `sched`, expands them.
+The setup runs as those roles: alice and bob register datasets and create tasks (the services
+the CLI calls), and the scheduler's expansion, connected as `sched`, expands them. The attack table
+shares one such database per worker (it must stay unchanged); tests that change it get their own.
 """
 from __future__ import annotations
 
 import io
+import os
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +23,18 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from orchestra.config import load_settings
+from orchestra.db.engine import connect
 from orchestra.db.models import AuditEntry, Task
 from orchestra.scheduler.cycle import CycleReport, Scheduler
+from orchestra.services import datasets, tasks
 from orchestra.services.context import Context
 from tests.e2e.scheduler_helpers import make_inputs, run_scheduler
-from tests.helpers import ADMIN, Cli, Result
+from tests.conftest import TEMPLATE
+from tests.helpers import ADMIN, Cli, Result, write_config
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+# Roles exist only on PostgreSQL; SQLite's single-user mode is tests/db/test_sqlite_single_user.py.
+POSTGRES_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 ROLES = {"alice": (False, False), "bob": (False, False), "carol": (True, False), "sched": (False, True)}
 TABLES = ("users", "datasets", "dataset_files", "tasks", "jobs", "attempts", "scheduler_lease",
@@ -39,12 +47,24 @@ def role_url(db_url: str, role: str, password: str | None = None) -> str:
 
 
 @dataclass
-class World:
+class Frozen:
+    """A populated database that no test may change (the attack table checks it stays as it was)."""
+
     db_url: str
     owner: Engine
-    cli: Cli
-    monkeypatch: pytest.MonkeyPatch
     ids: dict[str, int]
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        with self.owner.connect() as conn:
+            return {t: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1"))] for t in TABLES}
+
+
+@dataclass
+class World(Frozen):
+    """A populated database of this test's own, with the CLI to run as any of the roles."""
+
+    cli: Cli = None  # type: ignore[assignment]
+    monkeypatch: pytest.MonkeyPatch = None  # type: ignore[assignment]
 
     def run(self, role: str, line: str, acting_for: str | None = None) -> Result:
         """A CLI command as `role` connects: its own URL, ORCHESTRA_USER only if given."""
@@ -59,52 +79,80 @@ class World:
         assert result.code == 0, f"{role}: {line!r} failed: {result.err}{result.out}"
         return result
 
-    def snapshot(self) -> dict[str, list[Any]]:
-        with self.owner.connect() as conn:
-            return {t: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1"))] for t in TABLES}
-
     def context(self, role: str) -> Context:
-        self.monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(self.db_url, role))
-        self.monkeypatch.delenv("ORCHESTRA_USER", raising=False)
-        ctx = Context.from_env()
-        self.monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
-        return ctx
+        return role_context(self.db_url, role, Path(os.environ["ORCHESTRA_CONFIG"]), Path(os.environ["ORCHESTRA_HOME"]))
 
 
-@pytest.fixture
-def world(db_url: str, env: dict[str, str], cli: Cli, tmp_path: Path, storage: Path,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    owner = create_engine(db_url)
+def role_context(db_url: str, role: str, config: Path, home: Path) -> Context:
+    """The services as `role` connects (no ORCHESTRA_USER: the identity is the role)."""
+    settings = load_settings({"ORCHESTRA_CONFIG": str(config), "ORCHESTRA_HOME": str(home),
+                              "ORCHESTRA_DATABASE_URL": role_url(db_url, role)})
+    return Context(settings, connect(settings.database_url))
+
+
+def populate(db_url: str, owner: Engine, storage: Path, config: Path, home: Path) -> dict[str, int]:
+    """The roles; alice's and bob's datasets and tasks, each made as that user's role; the tasks
+    expanded by a scheduler connected as `sched` (jobs queued, none started)."""
     with owner.begin() as conn:
         for role, (admin, scheduler) in ROLES.items():
             conn.execute(text("SELECT orchestra_add_user(:r, :a, :s, :p)"),
                          {"r": role, "a": admin, "s": scheduler, "p": f"pw-{role}"})
-    monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
-    w = World(db_url, owner, cli, monkeypatch, {})
     for user in ("alice", "bob"):
         configs, data = make_inputs(storage / user, 3)
-        w.ok(user, f"orchestra_registry.py -d user.{user}.cfg -p {configs}")
-        w.ok(user, f"orchestra_registry.py -d user.{user}.data -p {data}")
-        w.ok(user, f"maestro task create -c user.{user}.cfg -d user.{user}.data -t user.{user}.t "
-                   "--containerImage busybox --exec 'echo %IN %DATA %OUT' --bypass")
-    ctx = w.context("sched")
+        ctx = role_context(db_url, user, config, home)
+        datasets.register(ctx, f"user.{user}.cfg", str(configs), "LPS")
+        datasets.register(ctx, f"user.{user}.data", str(data), "LPS")
+        tasks.create(ctx, tasks.TaskRequest(f"user.{user}.t", f"user.{user}.cfg", f"user.{user}.data", "busybox",
+                                            "echo %IN %DATA %OUT", bypass=True))
+        ctx.engine.dispose()
+    ctx = role_context(db_url, "sched", config, home)
     scheduler = Scheduler(ctx)
     assert scheduler.lease.try_acquire()
     scheduler.expand(CycleReport())  # jobs queued, none started: kill and delete act at once
     scheduler.lease.release()
     ctx.engine.dispose()
+    ids: dict[str, int] = {}
     with owner.connect() as conn:
         for user in ("alice", "bob"):
-            w.ids[f"{user}_uid"] = conn.execute(text("SELECT id FROM users WHERE name = :u"), {"u": user}).scalar_one()
-            w.ids[f"{user}_task"] = conn.execute(
+            ids[f"{user}_uid"] = conn.execute(text("SELECT id FROM users WHERE name = :u"), {"u": user}).scalar_one()
+            ids[f"{user}_task"] = conn.execute(
                 text("SELECT id FROM tasks WHERE name = :t"), {"t": f"user.{user}.t"}).scalar_one()
-            w.ids[f"{user}_ds"] = conn.execute(
+            ids[f"{user}_ds"] = conn.execute(
                 text("SELECT id FROM datasets WHERE name = :d"), {"d": f"user.{user}.cfg"}).scalar_one()
-            w.ids[f"{user}_job"] = conn.execute(
-                text("SELECT min(id) FROM jobs WHERE task_id = :t"), {"t": w.ids[f"{user}_task"]}).scalar_one()
-    assert w.ids["alice_job"] is not None, "the scheduler (as role sched) expanded the tasks"
-    yield w
+            ids[f"{user}_job"] = conn.execute(
+                text("SELECT min(id) FROM jobs WHERE task_id = :t"), {"t": ids[f"{user}_task"]}).scalar_one()
+    assert ids["alice_job"] is not None, "the scheduler (as role sched) expanded the tasks"
+    return ids
+
+
+@pytest.fixture
+def world(db_url: str, env: dict[str, str], cli: Cli, home: Path, storage: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    owner = create_engine(db_url)
+    ids = populate(db_url, owner, storage, Path(env["ORCHESTRA_CONFIG"]), home)
+    monkeypatch.delenv("ORCHESTRA_DATABASE_URL")
+    yield World(db_url, owner, ids, cli, monkeypatch)
     owner.dispose()
+
+
+@pytest.fixture(scope="module")
+def frozen(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Frozen]:
+    """One populated database for every read-only test of this module (built once per worker)."""
+    name = f"t_frozen_{uuid.uuid4().hex[:8]}"
+    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    base = tmp_path_factory.mktemp("frozen")
+    (base / "storage").mkdir()
+    (base / "home").mkdir()
+    owner = create_engine(url)
+    ids = populate(url, owner, base / "storage", write_config(base / "orchestra.toml", base / "storage"), base / "home")
+    yield Frozen(url, owner, ids)
+    owner.dispose()
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    server.dispose()
 
 
 def new_task(column: str = "", value: str = "", name: str = "user.bob.x", owner: str = "{bob_uid}") -> str:
@@ -170,38 +218,43 @@ ATTACKS = [
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a[0] for a in ATTACKS])
-def test_attack_as_a_plain_user_is_refused_by_postgresql(world: World, attack: tuple[str, str]) -> None:
+def test_attack_as_a_plain_user_is_refused_by_postgresql(frozen: Frozen, attack: tuple[str, str]) -> None:
     what, sql = attack
-    before = world.snapshot()
-    bob = create_engine(role_url(world.db_url, "bob"))
+    before = frozen.snapshot()
+    bob = create_engine(role_url(frozen.db_url, "bob"))
     refused = False
     try:
         with bob.begin() as conn:
-            result = conn.execute(text(sql.format(**world.ids)))
+            result = conn.execute(text(sql.format(**frozen.ids)))
             changed = result.rowcount if result.returns_rows is False else len(result.fetchall())
     except DBAPIError:
         refused = True
     finally:
         bob.dispose()
     assert refused or changed == 0, f"{what}: PostgreSQL allowed it"
-    assert world.snapshot() == before, f"{what}: the database changed"
+    assert frozen.snapshot() == before, f"{what}: the database changed"
 
 
-def test_the_same_inserts_within_the_rules_succeed(world: World) -> None:
+def test_the_same_inserts_within_the_rules_succeed(frozen: Frozen) -> None:
     """The control for the table above: bob's own task with only `task create`'s columns, and his
-    own dataset, are accepted (so each refusal above is about the one thing that differs)."""
-    bob = create_engine(role_url(world.db_url, "bob"))
-    with bob.begin() as conn:
-        conn.execute(text(new_task().format(**world.ids)))
+    own dataset, are accepted (so each refusal above is about the one thing that differs).
+    Rolled back: the shared database stays as it was."""
+    before = frozen.snapshot()
+    bob = create_engine(role_url(frozen.db_url, "bob"))
+    with bob.connect() as conn:
+        conn.execute(text(new_task().format(**frozen.ids)))
         conn.execute(text("INSERT INTO datasets (name, owner_id, cluster, path, is_dir, n_files, total_size, "
                           "created_at) VALUES ('user.bob.more', {bob_uid}, 'LPS', '/tmp', true, 0, 0, 0)"
-                          .format(**world.ids)))
+                          .format(**frozen.ids)))
         status, root, created = conn.execute(text(
             "SELECT status, output_root, created_at FROM tasks WHERE name = 'user.bob.x'")).one()
+        conn.rollback()
     bob.dispose()
     assert (status, root) == ("registered", "") and created > 1e9  # the server's values, not the client's
+    assert frozen.snapshot() == before
 
 
+@POSTGRES_ONLY
 def test_identity_cannot_be_forged(world: World) -> None:
     """A role without its password gets nothing; ORCHESTRA_USER does not make bob alice."""
     result = world.run("bob", "maestro task list")
@@ -217,6 +270,7 @@ def test_identity_cannot_be_forged(world: World) -> None:
     assert world.snapshot() == before
 
 
+@POSTGRES_ONLY
 def test_the_cli_refuses_another_users_task_in_one_line(world: World) -> None:
     before = world.snapshot()
     for line in ("maestro task kill -t user.alice.t", "maestro task retry -t user.alice.t",
@@ -229,6 +283,7 @@ def test_the_cli_refuses_another_users_task_in_one_line(world: World) -> None:
     assert world.snapshot() == before
 
 
+@POSTGRES_ONLY
 def test_owner_kills_retries_and_deletes_own_task_through_the_owners_functions(world: World) -> None:
     world.ok("bob", "maestro task kill -t user.bob.t")
     with world.owner.connect() as conn:
@@ -245,6 +300,7 @@ def test_owner_kills_retries_and_deletes_own_task_through_the_owners_functions(w
     assert {(a[0], a[1]) for a in actions} == {("bob", "bob")}
 
 
+@POSTGRES_ONLY
 def test_an_admin_acting_for_a_user_is_recorded_as_both(world: World) -> None:
     world.ok("carol", "maestro task kill -t user.alice.t", acting_for="alice")
     ctx = world.context("alice")
@@ -263,6 +319,7 @@ def test_an_admin_acting_for_a_user_is_recorded_as_both(world: World) -> None:
     world.ok("carol", "maestro task kill -t user.bob.t")
 
 
+@POSTGRES_ONLY
 def test_only_the_scheduler_role_may_schedule(world: World) -> None:
     for role in ("bob", "carol"):
         result = run_scheduler("--once", env={"ORCHESTRA_DATABASE_URL": role_url(world.db_url, role),
@@ -279,6 +336,7 @@ def test_only_the_scheduler_role_may_schedule(world: World) -> None:
     assert len(logs) == 6
 
 
+@POSTGRES_ONLY
 def test_a_job_never_sees_the_schedulers_database_url(world: World) -> None:
     world.ok("alice", "maestro task create -c user.alice.cfg -d user.alice.data -t user.alice.env "
                       "--containerImage busybox --exec 'env; echo %IN %DATA %OUT' --bypass")
@@ -296,6 +354,7 @@ def test_a_job_never_sees_the_schedulers_database_url(world: World) -> None:
         assert "pw-sched" not in printed and "ORCHESTRA_DATABASE_URL" not in printed and "ORCHESTRA_CONFIG" not in printed
 
 
+@POSTGRES_ONLY
 def test_user_add_list_remove(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-dave\n"))
     out = world.ok("carol", "orchestra user add dave --password-stdin").out
