@@ -131,6 +131,16 @@ def storage(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """Someone else's directory, outside the storage: must survive every attack (helpers.intact)."""
+    path = tmp_path / "victim"
+    (path / "inner").mkdir(parents=True)
+    (path / "precious.txt").write_text("keep me\n")
+    (path / "inner" / "deep.txt").write_text("keep me too\n")
+    return path
+
+
+@pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, db_url: str, home: Path, storage: Path, tmp_path: Path) -> dict[str, str]:
     """The environment of a user `alice` (admin: `root`) on a fresh database, with two clusters."""
     config = write_config(tmp_path / "orchestra.toml", storage)

@@ -96,3 +96,10 @@ class Cli:
 
     def close(self) -> None:
         common.reset_context()
+
+
+def intact(victim: Path) -> bool:
+    """The `victim` fixture's directory exactly as it was made."""
+    return ((victim / "precious.txt").read_text() == "keep me\n"
+            and (victim / "inner" / "deep.txt").read_text() == "keep me too\n"
+            and sorted(p.name for p in victim.iterdir()) == ["inner", "precious.txt"])

@@ -18,25 +18,9 @@ from orchestra.scheduler.cycle import Scheduler
 from orchestra.scheduler.expand import expand_task
 from orchestra.services.context import Context
 from tests.e2e.scheduler_helpers import make_inputs
-from tests.helpers import Cli
+from tests.helpers import Cli, intact
 
 TASK = "user.alice.t"
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    """Someone else's directory, outside the storage."""
-    path = tmp_path / "victim"
-    (path / "inner").mkdir(parents=True)
-    (path / "precious.txt").write_text("keep me\n")
-    (path / "inner" / "deep.txt").write_text("keep me too\n")
-    return path
-
-
-def intact(victim: Path) -> bool:
-    return ((victim / "precious.txt").read_text() == "keep me\n"
-            and (victim / "inner" / "deep.txt").read_text() == "keep me too\n"
-            and sorted(p.name for p in victim.iterdir()) == ["inner", "precious.txt"])
 
 
 @pytest.fixture

@@ -9,28 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestra.paths import UntrustedPath, open_dir, open_nofollow, safe_rmtree, trusted_output_root
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Path:
-    path = tmp_path / "storage"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    """A directory outside the storage that must survive everything below."""
-    path = tmp_path / "victim"
-    (path / "inner").mkdir(parents=True)
-    (path / "precious.txt").write_text("keep me\n")
-    (path / "inner" / "deep.txt").write_text("keep me too\n")
-    return path
-
-
-def intact(victim: Path) -> bool:
-    return ((victim / "precious.txt").read_text() == "keep me\n"
-            and (victim / "inner" / "deep.txt").read_text() == "keep me too\n")
+from tests.helpers import intact
 
 
 # ---------------------------------------------------------------------------------- trusted_output_root
