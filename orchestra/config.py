@@ -22,7 +22,7 @@ from typing import Any
 from benedict import benedict
 from pydantic import TypeAdapter, ValidationError
 
-from orchestra.config_schema import AccountModel, ClusterModel, ConfigModel, Problem, explain
+from orchestra.config_schema import AccountModel, ClusterModel, ConfigModel, Problem, UserModel, explain
 from orchestra.errors import OrchestraError
 
 DEFAULT_CLUSTER = "LPS"
@@ -88,6 +88,12 @@ class SchedulerConfig:
     max_running_per_user: int = 0  # 0: no cap
     lease_ttl: float = 60.0
     poll_interval: float = 0.5
+    # Local jobs: "owner" (each job as its owner: needs root) or "scheduler" (the personal mode,
+    # every job as the scheduler's own account); "" chooses by the scheduler's uid.
+    run_jobs_as: str = ""
+    kill_grace_seconds: float = 10.0  # SIGTERM, then SIGKILL for what is left (Slurm's KillWait)
+    max_job_pids: int = 512  # processes per job (cgroup pids.max); 0: no limit
+    max_log_bytes: int = 100 * 1024**2  # an attempt's log keeps its last half of this when it grows past it
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,17 @@ class AccountConfig:
 
 
 @dataclass(frozen=True)
+class UserAccountConfig:
+    """`[users.<name>] uid, gid, groups, home`: the account a user's jobs run as, when the config
+    says so rather than the OS account database (see orchestra/security/accounts.py)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    home: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective configuration, with the origin of each value in `sources` (dotted keys)."""
 
@@ -125,6 +142,7 @@ class Settings:
     config_file: Path | None
     sources: dict[str, str]
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
+    user_accounts: dict[str, UserAccountConfig] = field(default_factory=dict)
 
     def cluster(self, name: str) -> ClusterConfig:
         """The named cluster, or a one-line error listing the known ones."""
@@ -255,6 +273,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     user_shares = {name: model.share for name, model in doc.users.items()}
     for name in user_shares:
         sources[f"users.{name}"] = origin
+    user_accounts = _user_accounts_from(doc.users, lambda problem: _refused(where, problem))
     accounts = _accounts_from(doc.accounts, lambda problem: _refused(where, problem))
     for name in accounts:
         sources[f"accounts.{name}"] = origin
@@ -270,7 +289,26 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         config_file=config_file,
         sources=sources,
         accounts=accounts,
+        user_accounts=user_accounts,
     )
+
+
+def _user_accounts_from(models: dict[str, UserModel],
+                        refused: Callable[[Problem], OrchestraError]) -> dict[str, UserAccountConfig]:
+    """The users whose table names the account their jobs run as: uid and gid together (groups
+    and home only with them: an account comes whole from the config or whole from the OS)."""
+    found: dict[str, UserAccountConfig] = {}
+    for name, model in models.items():
+        given = [key for key in ("uid", "gid", "groups", "home") if getattr(model, key) is not None]
+        if not given:
+            continue
+        if model.uid is None or model.gid is None:
+            raise refused(Problem(("users", name, "uid" if model.uid is None else "gid"),
+                                  f"{', '.join(given)} given without {'uid' if model.uid is None else 'gid'}; "
+                                  f"set both, e.g. [users.{name}] uid = 1001, gid = 1001 (or neither: the OS "
+                                  "account database then decides)"))
+        found[name] = UserAccountConfig(model.uid, model.gid, tuple(model.groups or ()), model.home)
+    return found
 
 
 def build_accounts(raw: Any) -> dict[str, AccountConfig]:

@@ -91,6 +91,10 @@ class SchedulerModel(_Table):
     max_running_per_user: int | None = _opt(0, ge=0)
     lease_ttl: float | None = _opt(60, gt=0)
     poll_interval: float | None = _opt(0.5, gt=0)
+    run_jobs_as: Literal["owner", "scheduler"] | None = _opt("owner")
+    kill_grace_seconds: float | None = _opt(10, ge=0)
+    max_job_pids: int | None = _opt(512, ge=0)
+    max_log_bytes: int | None = _opt(104857600, ge=4096)
 
 
 class FairShareModel(_Table):
@@ -104,9 +108,21 @@ class FairShareModel(_Table):
     cpu_weight: float | None = _opt(1.0, ge=0)
 
 
+MAX_ID = 2**32 - 2  # the largest uid/gid Linux gives out ((uid_t)-1 means "no change")
+ID_RANGE = f"an integer from 1 to {MAX_ID} (0 is root: a job never runs as root)"
+
+
 class UserModel(_Table):
+    """`[users.alice]`: her fair share, and optionally the account her jobs run as
+    (orchestra/security/accounts.py); without uid and gid, the OS account database decides."""
+
     example = "share = 2"
     share: float = Field(1.0, gt=0, examples=[2])  # the one place this default lives
+    uid: int | None = _opt(1001, ge=1, le=MAX_ID, description=f"uid must be {ID_RANGE}")
+    gid: int | None = _opt(1001, ge=1, le=MAX_ID, description=f"gid must be {ID_RANGE}")
+    groups: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = _opt(
+        [1001, 2000], description=f"groups must be a list of group ids, each {ID_RANGE}")
+    home: str | None = _opt("/home/alice", pattern=r"^/", description="home must be an absolute path")
 
 
 class AccountModel(_Table):

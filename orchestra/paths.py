@@ -263,3 +263,12 @@ def _remove_tree(top: int, parent: int, name: str, errors: list[OSError]) -> Non
             pass
         except OSError as exc:
             errors.append(exc)
+
+
+STATE_DIR = ".orchestra"  # under a cluster's storage; no user name can start with a dot
+
+
+def state_root(storage: Path, installation: str) -> Path:
+    """Where this installation's attempt state (locks, exit status, logs) lives on a cluster's
+    storage: written only by the scheduler's account, out of the jobs' reach."""
+    return Path(storage) / STATE_DIR / installation

@@ -100,7 +100,7 @@ def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Con
     storage.mkdir(exist_ok=True)
     config = work / "bench.toml"
     config.write_text(
-        f'[scheduler]\nscouts = 10\n[clusters.LPS]\nbackend = "local"\nstorage = "{storage}"\n'
+        f'[scheduler]\nrun_jobs_as = "scheduler"\nscouts = 10\n[clusters.LPS]\nbackend = "local"\nstorage = "{storage}"\n'
         f'[clusters.LPS.queues.cpu]\nslots = {slots}\n'
     )
     env = {"ORCHESTRA_HOME": str(work), "ORCHESTRA_DATABASE_URL": url, "ORCHESTRA_USER": user,

@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 from orchestra.backends.base import LaunchSpec  # noqa: E402
 from orchestra.backends.kubernetes import KubernetesBackend  # noqa: E402
 from orchestra.config import ClusterConfig, KubernetesConfig, QueueConfig  # noqa: E402
+from orchestra.security.accounts import OwnerAccount  # noqa: E402
 from tests.k8s_sim import KubeSim, NodeOptions  # noqa: E402
 
 NAMESPACE = "orchestra"
@@ -64,7 +65,9 @@ def bench_pod_creation(pods: int = 2000, concurrency: int = 32, latency: float =
         )
         *specs, warm_up = _specs(cluster, storage, pods + 1)
         with KubeSim(namespace=NAMESPACE, node=NodeOptions(enabled=False), latency=latency) as sim:
-            backend = KubernetesBackend(cluster, sim.api_client())
+            # the made-up user "alice" runs as uid/gid 1001 (what [users.alice] uid, gid would say)
+            alice = OwnerAccount("alice", 1001, 1001, (1001,), "/")
+            backend = KubernetesBackend(cluster, sim.api_client(), accounts=lambda user: alice)
             try:
                 backend.launch([warm_up])  # the first connection, lazy imports: not part of the measure
                 started = time.perf_counter()

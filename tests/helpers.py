@@ -12,6 +12,7 @@ from orchestra.cli import admin, common, maestro, registry
 
 CONFIG = """
 [scheduler]
+run_jobs_as = "scheduler"      # the tests' users (alice, bob) are made-up names with no OS account
 scouts = 3
 max_retries = 1
 poll_interval = 0.2

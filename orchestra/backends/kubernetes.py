@@ -11,12 +11,17 @@ exactly that and a test checks both against what the backend really calls.
 A job's log reaches its log file (what `maestro job logs` reads) when its pod has ended: the
 survey that sees the end saves it, before the scheduler records the end and releases the pod.
 
+Every pod runs as its owner (uid, gid, groups from orchestra/security/accounts.py) and meets the
+Pod Security Standard "restricted" (non-root, no privilege escalation, every capability dropped,
+seccomp RuntimeDefault); a user with no account fails at launch, no pod created.
+
 Turnover: while the scheduler service runs, a watch on the same labelled pods (kubewatch.py) wakes
 it the moment a pod ends, for a short pass; the survey stays the only thing that decides. Without
 a healthy watch (disabled, refused, the API away) the loop polls every `poll_seconds` instead.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -38,9 +43,10 @@ from kubernetes.config.config_exception import ConfigException
 
 from orchestra.backends.base import BackendUnavailable, Launched, LaunchSpec, Observation, Phase, Survey, Tracked
 from orchestra.backends.kubewatch import PodWatch, status_message as _status_message
-from orchestra.config import ClusterConfig
+from orchestra.config import ClusterConfig, load_settings
 from orchestra.errors import OrchestraError
 from orchestra.paths import UntrustedPath, open_dir, open_in
+from orchestra.security.accounts import NoAccount, OwnerAccount, owner_account
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -221,8 +227,13 @@ class KubernetesBackend:
         backoff: float | None = None,
         clock: Callable[[], float] = time.time,
         watch_seconds: int = WATCH_SECONDS,
+        accounts: Callable[[str], OwnerAccount] | None = None,
     ) -> None:
         """`api_client` (tests, or a caller with its own credentials) is owned from now on: `close` closes it.
+
+        `accounts(user)` gives the account a user's pods run as, or raises NoAccount; by default
+        `owner_account` with the process's settings (ORCHESTRA_CONFIG, what the scheduler loaded
+        too), read at the first launch.
 
         No thread starts here: the watch starts on the first launch or survey after `set_wakeup`,
         so a backend made for a CLI command or a `--once` cycle never has one.
@@ -244,6 +255,10 @@ class KubernetesBackend:
         self._wakeup: Callable[[], None] | None = None
         self._watch: PodWatch | None = None
         self._live = 0  # attempts pending or running, as of the last survey and the launches since
+        self._accounts = accounts
+        self._logs_saved: set[str] = set()  # ended pods whose log is saved (until released)
+        self._killed: set[str] = set()  # pods this process deleted for a kill (until released)
+        self._accounts_lock = threading.Lock()
 
     def _validate_config(self) -> None:
         key = f"clusters.{self.cluster.name}.kubernetes"
@@ -338,9 +353,22 @@ class KubernetesBackend:
         return results
 
     # ------------------------------------------------------------------------------- launch
+    def owner(self, user: str) -> OwnerAccount:
+        """The account `user`'s pods run as; NoAccount (one line) when there is none."""
+        with self._accounts_lock:
+            if self._accounts is None:
+                self._accounts = functools.partial(owner_account, load_settings())
+            accounts = self._accounts
+        return accounts(user)
+
     def pod_for(self, spec: LaunchSpec) -> client.V1Pod:
-        """The pod of one attempt; never sets nodeName (placement is the kube-scheduler's job)."""
+        """The pod of one attempt; never sets nodeName (placement is the kube-scheduler's job).
+
+        It runs as its owner and meets the Pod Security Standard "restricted"; raises NoAccount
+        for an owner without an account.
+        """
         queue, k8s = spec.queue, self.k8s
+        account = self.owner(spec.user)
         labels = {
             MANAGED_BY: MANAGER,
             "orchestra/cluster": label_value(self.cluster.name),
@@ -375,6 +403,9 @@ class KubernetesBackend:
             env=[client.V1EnvVar(name=k, value=v) for k, v in env.items()],
             resources=client.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts)),
             volume_mounts=[client.V1VolumeMount(name="storage", mount_path=str(self.cluster.storage))],
+            security_context=client.V1SecurityContext(
+                allow_privilege_escalation=False, run_as_non_root=True,
+                capabilities=client.V1Capabilities(drop=["ALL"])),
         )
         return client.V1Pod(
             api_version="v1",
@@ -395,6 +426,12 @@ class KubernetesBackend:
                 node_selector=dict(k8s.node_selector) or None,
                 tolerations=self._tolerations or None,
                 image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in k8s.image_pull_secrets] or None,
+                security_context=client.V1PodSecurityContext(
+                    run_as_non_root=True, run_as_user=account.uid, run_as_group=account.gid,
+                    supplemental_groups=list(account.groups),
+                    # No fsGroup: on a volume whose CSI driver has fsGroupPolicy File, the kubelet would
+                    # chgrp the whole shared storage to this owner's group and make it group-writable.
+                    seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault")),
             ),
         )
 
@@ -416,7 +453,10 @@ class KubernetesBackend:
             return Launched(name, error="no container image: the kubernetes backend needs the task's image")
         if unavailable.is_set():
             return Launched(name)
-        body = self.pod_for(spec)
+        try:
+            body = self.pod_for(spec)
+        except NoAccount as exc:
+            return Launched(name, error=str(exc))
         for _ in range(self.tries):
             try:
                 pod = self._call("create", "pods", lambda: self.api.create_namespaced_pod(
@@ -482,8 +522,10 @@ class KubernetesBackend:
         survey.strangers = sorted(name for name, pod in by_name.items()
                                   if name not in known and pod.metadata.deletion_timestamp is None)
         ended = [(item, survey.observations[item.backend_name]) for item in tracked if item.log_path
-                 and survey.observations[item.backend_name].phase in (Phase.SUCCEEDED, Phase.FAILED)]
+                 and survey.observations[item.backend_name].phase in (Phase.SUCCEEDED, Phase.FAILED)
+                 and item.backend_name not in self._logs_saved]  # an ended pod's log is read once
         self._parallel(lambda pair: self._save_log(pair[0].backend_name, pair[0].log_path, pair[1]), ended)
+        self._logs_saved.update(item.backend_name for item, _ in ended)
         self._live = sum(1 for seen in survey.observations.values() if seen.phase in (Phase.PENDING, Phase.RUNNING))
         return survey
 
@@ -547,10 +589,16 @@ class KubernetesBackend:
                 self._save_log(item.backend_name, item.log_path)
             self._delete(item.backend_name)
 
-        self._parallel(one, list(tracked))
+        # Asked again each pass while the pod terminates (the scheduler waits for it to be gone):
+        # once per pod is enough for this process; a restarted scheduler asks once more.
+        fresh = [item for item in tracked if item.backend_name not in self._killed]
+        self._killed.update(item.backend_name for item in fresh)
+        self._parallel(one, fresh)
 
     def release(self, names: Sequence[str]) -> None:
         """Delete the pods (finished ones go at once; 404 is fine: already gone)."""
+        self._logs_saved.difference_update(names)
+        self._killed.difference_update(names)
         self._parallel(self._delete, list(names))
 
     def _delete(self, name: str) -> None:

@@ -1,39 +1,73 @@
-"""Local backend: each attempt is a `/bin/sh -c <command>` process group on this machine.
+"""Local backend: each attempt is a job on this machine, run as its owner, contained, supervised.
 
-An attempt outlives the scheduler process that started it (`--once` exits at once; a restart is
-not its parent), so its state lives in files beside its log, in `<output_root>/.attempts/<name>/`:
+Like Slurm's slurmstepd, a small supervisor (a `/bin/sh` wrapper, started by the scheduler)
+runs each attempt: it joins the attempt's cgroups (see containment.py), starts the command as
+the task's owner (`setpriv`: uid, gid, supplementary groups; a clean environment; umask 027),
+waits for it and for every process it left behind, then records the exit status.
 
-- `lock`: flock'ed *by the scheduler before the process starts* and inherited by it, so the
-  lock is held exactly as long as the attempt's process (or its children) lives. There is no
-  window in which a live attempt looks dead, whoever asks and whenever.
-- `exit`: the exit code, written by a tiny shell wrapper after the command ends and before the
-  lock is released. Lock free + no exit file = the attempt died or never started: lost.
-- `pid`: written by the wrapper; `log`: stdout and stderr.
+Its state lives where jobs cannot reach: `<storage>/.orchestra/<installation>/<attempt>/`,
+owned by the scheduler's account (a new database has a new installation id, so it never adopts
+an old one's attempts):
 
+- `lock`: flock'ed by the scheduler *before* the supervisor starts and inherited by it (its
+  stdin), never by the job: held exactly as long as the supervisor lives.
+- `exit`: the command's exit status, written after the attempt's last process is gone and before
+  the lock is released. Lock free + exit = ended; lock free + no exit = the supervisor died.
+- `pid`: the supervisor's pid; `log`: stdout and stderr, owned by the job's owner, mode 0600.
+
+An attempt outlives the scheduler process that started it (`--once` exits at once, a restart is
+not its parent): everything above is read back from the files and the cgroups.
+
+Stopping is asynchronous, like Slurm's KillWait: `kill` sends SIGTERM to every process of the
+attempt and returns; a later `survey` sends SIGKILL to what is left once the grace has passed.
 The container image is recorded but not used: commands run directly on this machine.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from orchestra import logcap
 from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Survey, Tracked
-from orchestra.paths import UntrustedPath, open_dir, open_in, read_nofollow
+from orchestra.backends.containment import Containment, detect, parse_quantity
+from orchestra.config import ClusterConfig, Settings
+from orchestra.errors import OrchestraError
+from orchestra.paths import UntrustedPath, open_dir, open_in, read_nofollow, state_root
 
-WRAPPER = (
-    'echo $$ > "$ORCHESTRA_STATE/pid.tmp" && mv "$ORCHESTRA_STATE/pid.tmp" "$ORCHESTRA_STATE/pid"; '
-    'mkdir -p "$ORCHESTRA_OUTPUT" && cd "$ORCHESTRA_OUTPUT" || exit 125; '
-    '/bin/sh -c "$ORCHESTRA_COMMAND"; rc=$?; '
-    'echo $rc > "$ORCHESTRA_STATE/exit.tmp" && mv "$ORCHESTRA_STATE/exit.tmp" "$ORCHESTRA_STATE/exit"; '
-    "exit $rc"
-)
+log = logging.getLogger("orchestra.local")
+
+# The supervisor. Its control variables (_ORC_*) are removed before the job starts; the job's
+# stdin is /dev/null, so it never holds the lock (the supervisor's stdin). A TERM for the job
+# must not end the supervisor before it records the status: it traps TERM/INT/HUP.
+WRAPPER = r"""
+st=$_ORC_STATE; join=$_ORC_JOIN; leave=$_ORC_LEAVE; runas=$_ORC_RUNAS
+unset _ORC_STATE _ORC_JOIN _ORC_LEAVE _ORC_RUNAS
+trap : TERM INT HUP
+for f in $join; do echo $$ > "$f" || exit 126; done
+echo $$ > "$st/pid.tmp" && mv -f "$st/pid.tmp" "$st/pid"
+$runas /bin/sh -c 'umask 027; mkdir -p "$ORCHESTRA_OUTPUT" && cd "$ORCHESTRA_OUTPUT" || exit 125
+exec /bin/sh -c "$ORCHESTRA_COMMAND"' </dev/null
+rc=$?
+if [ -n "$join" ]; then
+  for f in $leave; do echo $$ > "$f"; done
+  set -- $join
+  while read -r _ < "$1"; do sleep 0.05; done
+fi
+mkdir -p "$st" && echo $rc > "$st/exit.tmp" && mv -f "$st/exit.tmp" "$st/exit"
+exit $rc
+"""
+
+ADOPTED_POLL = 1.0  # seconds between looks at adopted processes (their end sends us no SIGCHLD)
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def process_start_time(pid: int) -> int | None:
@@ -56,7 +90,7 @@ def _lock_held(lock: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a link put there by a job: not our lock
+        if exc.errno == errno.ELOOP:  # a link: not our lock
             return False
         raise
     try:
@@ -76,48 +110,103 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _mtime(path: Path) -> float:
-    return os.stat(path, follow_symlinks=False).st_mtime
+def _mtime(path: Path) -> float | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime
+    except OSError:
+        return None
 
 
-ADOPTED_POLL = 1.0  # seconds between looks at adopted processes (their end sends us no SIGCHLD)
+def run_jobs_as(settings: Settings) -> str:
+    """'owner' or 'scheduler': the config's `[scheduler] run_jobs_as`, by default 'owner' when
+    the scheduler runs as root (it can switch to the owner) and 'scheduler' otherwise."""
+    chosen = settings.scheduler.run_jobs_as or ("owner" if os.geteuid() == 0 else "scheduler")
+    if chosen == "owner" and os.geteuid() != 0:
+        raise OrchestraError(
+            "run_jobs_as = \"owner\" needs a scheduler running as root (it starts each job as its owner); "
+            "run the service as root, or set [scheduler] run_jobs_as = \"scheduler\" (every job runs as "
+            f"the scheduler's own account, uid {os.geteuid()})")
+    return chosen
 
 
+# Never handed to a job: anything not on this list (the database URL, the config path, libpq's
+# PG* variables, the scheduler's own settings).
+JOB_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
 
-# Never handed to a job: the scheduler's database URL, config and identity, and libpq's settings
-# (PGPASSWORD, PGSERVICE...). A job that wants Orchestra uses its owner's own credentials.
-SECRET_PREFIXES = ("ORCHESTRA_", "PG")
+
+def job_environment(scheduler_env: Mapping[str, str], *, home: str, user: str) -> dict[str, str]:
+    """A clean environment for a job: PATH, HOME, USER, LOGNAME, LANG and the ORCHESTRA_* job
+    variables the caller adds; never a variable that would let the job act as the scheduler."""
+    env = {k: scheduler_env[k] for k in JOB_VARIABLES if k in scheduler_env}
+    env.setdefault("PATH", SAFE_PATH)
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(HOME=home, USER=user, LOGNAME=user)
+    return env
 
 
-def job_environment(scheduler_env: Mapping[str, str]) -> dict[str, str]:
-    """The scheduler's environment without what would let a job act as the scheduler."""
-    return {k: v for k, v in scheduler_env.items() if not k.startswith(SECRET_PREFIXES)}
+@dataclass
+class _Stopping:
+    deadline: float  # monotonic: when what is left gets SIGKILL
+    item: Tracked
+
 
 class LocalBackend:
-    """Runs attempts as process groups of this machine; safe across scheduler restarts."""
+    """Runs attempts on this machine; safe across scheduler restarts."""
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: ClusterConfig, settings: Settings, installation: str,
+                 containment: Containment | None = None) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.installation = installation
         self.host = socket.gethostname()
+        self.run_as = run_jobs_as(settings)
+        self.containment = containment or detect(installation=installation)
+        self.grace = settings.scheduler.kill_grace_seconds
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping: dict[str, _Stopping] = {}
         self._adopted_running = 0  # running attempts, at the last survey, that are not our children
 
-    @staticmethod
-    def state_dir(log_path: str) -> Path:
-        return Path(log_path).parent
+    def describe(self) -> str:
+        """The start-up line: how jobs run and how they are contained."""
+        who = "as their owners" if self.run_as == "owner" else f"as the scheduler's own account (uid {os.geteuid()})"
+        strength = "" if self.containment.strong else " (weaker: a process that leaves its session escapes)"
+        return f"local jobs run {who}, contained by {self.containment.kind}{strength}"
+
+    def state_dir(self, name: str) -> Path:
+        return state_root(self.cluster.storage, self.installation) / name
 
     def launch(self, specs: Sequence[LaunchSpec]) -> list[Launched]:
         return [self._launch_one(spec) for spec in specs]
 
+    def _account(self, spec: LaunchSpec) -> tuple[str, str, str]:
+        """(setpriv prefix, HOME, user name) for the job: its owner's, or the scheduler's own."""
+        if self.run_as == "scheduler":
+            import getpass
+
+            return "", os.environ.get("HOME", "/"), getpass.getuser()
+        from orchestra.security.accounts import owner_account
+
+        owner = owner_account(self.settings, spec.user)
+        groups = ",".join(str(g) for g in owner.groups) if owner.groups else ""
+        prefix = (f"setpriv --reuid={owner.uid} --regid={owner.gid} "
+                  f"{'--groups=' + groups if groups else '--clear-groups'} --")
+        self._owner_ids = (owner.uid, owner.gid)
+        return prefix, owner.home, owner.name
+
     def _launch_one(self, spec: LaunchSpec) -> Launched:
-        """The state directory, lock and log are made inside the cluster's storage without
-        following a link (a job may have replaced any of them with one): refused, not followed."""
-        state = self.state_dir(spec.log_path)
-        log_name = Path(spec.log_path).name
+        """State directory, lock and log are made in the scheduler's own directory without
+        following a link; the supervisor then starts with the lock as its stdin."""
+        state = self.state_dir(spec.backend_name)
+        self._owner_ids: tuple[int, int] | None = None
+        try:
+            runas, home, user = self._account(spec)
+        except OrchestraError as exc:
+            return Launched(spec.backend_name, error=str(exc))
         folder = fd = log_fd = -1
         try:
-            folder = open_dir(state, spec.cluster.storage, create=True)
+            folder = open_dir(state, self.cluster.storage, create=True)
             fd = open_in(folder, "lock", os.O_CREAT | os.O_RDWR, 0o644, shown=state / "lock")
         except UntrustedPath as exc:
             _close(folder)
@@ -132,31 +221,58 @@ class LocalBackend:
                 return self._adopt(spec.backend_name, state)  # already running: adopt
             if os.path.lexists(state / "exit") or os.path.lexists(state / "pid"):
                 return self._adopt(spec.backend_name, state)  # ran before: never run it twice
-            env = job_environment(os.environ)
+            try:
+                join = self.containment.prepare(
+                    spec.backend_name, pids_max=self.settings.scheduler.max_job_pids or None,
+                    memory_max=parse_quantity(spec.queue.memory) if spec.queue.memory else None)
+            except OSError as exc:
+                return Launched(spec.backend_name, error=f"cannot contain the job: {exc.strerror or exc}")
+            self._prepare_owner_dir(spec)
+            env = job_environment(os.environ, home=home, user=user)
             env.update(
-                ORCHESTRA_STATE=str(state), ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command,
-                ORCHESTRA_TASK=spec.task_name, ORCHESTRA_JOB=str(spec.job_index), ORCHESTRA_ATTEMPT=str(spec.attempt),
+                ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command, ORCHESTRA_TASK=spec.task_name,
+                ORCHESTRA_JOB=str(spec.job_index), ORCHESTRA_ATTEMPT=str(spec.attempt), ORCHESTRA_USER=spec.user,
+                _ORC_STATE=str(state), _ORC_JOIN=" ".join(join), _ORC_RUNAS=runas,
+                _ORC_LEAVE=" ".join(str(Path(f).parents[3] / "cgroup.procs") for f in join),
             )
             try:
-                log_fd = open_in(folder, log_name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644,
-                                 shown=spec.log_path)
+                log_fd = open_in(folder, "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, shown=state / "log")
+                if self._owner_ids is not None:
+                    os.fchown(log_fd, *self._owner_ids)  # the owner reads it; nobody else
             except UntrustedPath as exc:
                 return Launched(spec.backend_name, error=f"cannot open the log: {exc}")
             child = subprocess.Popen(
-                ["/bin/sh", "-c", WRAPPER], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, pass_fds=(fd,), close_fds=True,
+                ["/bin/sh", "-c", WRAPPER], stdin=fd, stdout=log_fd, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, close_fds=True,
             )
         except OSError as exc:
             return Launched(spec.backend_name, error=f"cannot start /bin/sh: {exc.strerror}")
         finally:
             _close(log_fd)
             _close(folder)
-            os.close(fd)  # the child keeps the lock through its inherited descriptor
+            os.close(fd)  # the supervisor keeps the lock through its stdin
         self._children[spec.backend_name] = child
         return Launched(
             spec.backend_name, host=self.host, pid=child.pid, pid_start=process_start_time(child.pid),
             started_at=time.time(),
         )
+
+    def _prepare_owner_dir(self, spec: LaunchSpec) -> None:
+        """`<storage>/<owner>` made for the owner (0750) when it does not exist, so the job (as
+        its owner) can create its task's directories; an existing one is left as it is."""
+        if self._owner_ids is None:
+            return
+        try:
+            fd = open_dir(self.cluster.storage, self.cluster.storage)
+        except OSError:
+            return
+        try:
+            os.mkdir(spec.user, 0o750, dir_fd=fd)
+            os.chown(spec.user, *self._owner_ids, dir_fd=fd, follow_symlinks=False)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(fd)
 
     def _adopt(self, name: str, state: Path) -> Launched:
         self._adopted_running += 1  # not our child: no SIGCHLD will tell its end, poll until the next survey
@@ -172,60 +288,103 @@ class LocalBackend:
 
     def survey(self, tracked: Sequence[Tracked]) -> Survey:
         self.reap()
+        self._escalate()
         survey = Survey()
         self._adopted_running = 0
         for item in tracked:
-            if not item.log_path:
-                survey.observations[item.backend_name] = Observation(item.backend_name, Phase.MISSING)
-                continue
-            seen = self._observe(item.backend_name, self.state_dir(item.log_path))
+            seen = self._observe(item)
             survey.observations[item.backend_name] = seen
+            self._cap_log(item.backend_name)
             if seen.phase == Phase.RUNNING and item.backend_name not in self._children:
                 self._adopted_running += 1
+            elif seen.phase != Phase.RUNNING:
+                self._stopping.pop(item.backend_name, None)
+                self.containment.remove(item.backend_name)
         return survey
+
+    def _cap_log(self, name: str) -> None:
+        """Keep the attempt's log under its cap (its tail kept; a note says how much was cut): one
+        lstat while it is under, every pass, for every attempt the survey looks at."""
+        log_file = self.state_dir(name) / "log"
+        try:
+            logcap.enforce(log_file, self.settings.scheduler.max_log_bytes, logcap.note_path(log_file),
+                           storage=self.cluster.storage)
+        except (OrchestraError, OSError) as exc:
+            log.warning("cannot cap the log of %s: %s", name, exc)
 
     def poll_after(self) -> float | None:
         """Our own children announce their end with SIGCHLD; processes adopted from an earlier
-        scheduler cannot, so while any runs the loop looks every `ADOPTED_POLL` seconds."""
-        return ADOPTED_POLL if self._adopted_running else None
+        scheduler cannot, so while any runs the loop looks every `ADOPTED_POLL` seconds; an
+        attempt being stopped wakes the loop when its grace ends."""
+        waits = [ADOPTED_POLL] if self._adopted_running else []
+        if self._stopping:
+            waits.append(max(0.0, min(s.deadline for s in self._stopping.values()) - time.monotonic()) + 0.01)
+        return min(waits) if waits else None
 
-    def _observe(self, name: str, state: Path) -> Observation:
+    def _supervisor_alive(self, item: Tracked, state: Path) -> bool:
+        pid = item.pid or _read_int(state / "pid")
+        if pid is None:
+            return False
+        started = process_start_time(pid)
+        return started is not None and (item.pid_start is None or item.pid != pid or started == item.pid_start)
+
+    def _observe(self, item: Tracked) -> Observation:
+        name = item.backend_name
+        state = self.state_dir(name)
         # Lock first: the exit file is written before the lock is released, never after.
         if _lock_held(state / "lock"):
             return Observation(name, Phase.RUNNING, host=self.host)
         code = _read_int(state / "exit")
-        if code is None:
-            return Observation(name, Phase.MISSING, reason="process gone without an exit status")
-        ended = _mtime(state / "exit")
-        phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
-        reason = None if code == 0 else (f"killed by signal {code - 128}" if code > 128 else f"exit code {code}")
-        return Observation(name, phase, exit_code=code, reason=reason, host=self.host, ended_at=ended)
+        if code is not None:
+            ended = _mtime(state / "exit")
+            phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
+            reason = None if code == 0 else (f"killed by signal {code - 128}" if code > 128 else f"exit code {code}")
+            if code != 0 and self.containment.oom_killed(name):
+                reason = "OOMKilled: the job used more than its queue's memory"
+            return Observation(name, phase, exit_code=code, reason=reason, host=self.host, ended_at=ended)
+        if self._supervisor_alive(item, state):
+            # Its state was removed under it: keep tracking it; it writes its status back at the end.
+            return Observation(name, Phase.RUNNING, host=self.host)
+        if self.containment.alive(name):
+            # The supervisor was killed while the job ran: end the job too, never run it twice.
+            self.containment.kill(name)
+            return Observation(name, Phase.FAILED, reason="its supervisor was killed; the job was stopped",
+                               host=self.host, ended_at=time.time())
+        return Observation(name, Phase.MISSING, reason="process gone without an exit status")
 
-    def _pid_of(self, item: Tracked) -> int | None:
-        pid = item.pid or (_read_int(self.state_dir(item.log_path) / "pid") if item.log_path else None)
-        if pid is None:
-            return None
-        started = process_start_time(pid)
-        if started is None or (item.pid_start is not None and item.pid == pid and started != item.pid_start):
-            return None  # gone, or the pid now belongs to another process
-        return pid
+    def kill(self, tracked: Sequence[Tracked]) -> None:
+        """SIGTERM every process of each attempt and return at once; `survey` sends SIGKILL to what
+        is left after the grace. Asking again for an attempt already being stopped changes nothing."""
+        deadline = time.monotonic() + self.grace
+        for item in tracked:
+            if item.backend_name in self._stopping:
+                continue
+            self._stopping[item.backend_name] = _Stopping(deadline, item)
+            self._signal(item, signal.SIGTERM)
 
-    def kill(self, tracked: Sequence[Tracked], grace: float = 3.0) -> None:
-        """SIGTERM each process group, then SIGKILL what is still there after `grace` seconds."""
-        groups = [pid for pid in (self._pid_of(item) for item in tracked) if pid]
-        for pid in groups:
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        locks = [self.state_dir(i.log_path) / "lock" for i in tracked if i.log_path]
-        while time.monotonic() < deadline and any(_lock_held(lock) for lock in locks):
-            self.reap()
-            time.sleep(0.02)
-        for pid in groups:
-            _signal_group(pid, signal.SIGKILL)
-        self.reap()
+    def _escalate(self) -> None:
+        now = time.monotonic()
+        for name, stopping in list(self._stopping.items()):
+            if stopping.deadline <= now:
+                self._signal(stopping.item, signal.SIGKILL)
+
+    def _signal(self, item: Tracked, sig: int) -> None:
+        if self.containment.strong:
+            if sig == signal.SIGKILL:
+                self.containment.kill(item.backend_name)
+            else:
+                self.containment.signal(item.backend_name, sig)
+            return
+        state = self.state_dir(item.backend_name)
+        if self._supervisor_alive(item, state):
+            _signal_group(item.pid or _read_int(state / "pid") or 0, sig)
+        self.containment.signal(item.backend_name, sig)
 
     def release(self, names: Sequence[str]) -> None:
-        """Nothing to remove: the state directory stays beside the log."""
+        """The state directory stays (it holds the log); the cgroups go."""
+        for name in names:
+            self._stopping.pop(name, None)
+            self.containment.remove(name)
 
     def close(self) -> None:
         self.reap()
@@ -237,6 +396,8 @@ def _close(fd: int) -> None:
 
 
 def _signal_group(pid: int, sig: int) -> None:
+    if pid <= 0:
+        return
     try:
         os.killpg(pid, sig)
     except OSError as exc:

@@ -114,6 +114,10 @@ def scheduler_run(
     # The service acts for nobody: ORCHESTRA_USER is ignored, the connected role must be a scheduler.
     ctx = Context.from_env()
     ctx = dataclasses.replace(ctx, _identity=roles.require_scheduler(ctx))
+    if any(c.backend == "local" for c in ctx.settings.clusters.values()):
+        from orchestra.backends.local import run_jobs_as
+
+        run_jobs_as(ctx.settings)  # a non-root scheduler told to run jobs as their owners refuses here
     code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
                     say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
     raise typer.Exit(code)

@@ -127,9 +127,16 @@ def job_logs(
     job: Annotated[int, typer.Argument(help="job id (see `maestro job list`)")],
     attempt: Annotated[Optional[int], typer.Option("--attempt", "-a", help="attempt number (default: latest)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing while the job runs")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", min=0, help="only the last N lines")] = None,
 ) -> None:
-    """Print a job's log."""
-    jobs.stream_log(context(), job, attempt, follow)
+    """Print a job's log (a log over its cap starts with a line saying how much was cut)."""
+    try:
+        jobs.stream_log(context(), job, attempt, follow, tail)
+    except BrokenPipeError:  # `maestro job logs JOB | head`: the reader has seen enough
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
 @dataset_app.command("list")

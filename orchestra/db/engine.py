@@ -20,7 +20,7 @@ from orchestra.errors import OrchestraError
 from orchestra.secrets import mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0003"  # the newest migration; a test checks it matches the scripts
+HEAD_REVISION = "0004"  # the newest migration; a test checks it matches the scripts
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -178,6 +178,9 @@ class Attempt(Base):
     started_at: Mapped[float | None] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
     charged_until: Mapped[float | None] = mapped_column(Float)
+    # Why the scheduler is stopping it ("timeout", "killed by user"): the attempt stays live, and
+    # its slot taken, until its last process is gone; then it ends with this reason.
+    stopping: Mapped[str | None] = mapped_column(Text)
 
 
 class SchedulerLease(Base):
@@ -211,3 +214,11 @@ class AuditEntry(Base):
     acted_for: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(Text)
+
+
+class Installation(Base):
+    """One row: this database's id, made by its first migration. Attempt state on disk is kept
+    under it, so a new database over an old storage never adopts the old one's attempts."""
+
+    __tablename__ = "installation"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -29,9 +29,9 @@ from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of
-from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.db.models import Attempt, Installation, Job, Task, User
 from orchestra.errors import OrchestraError
-from orchestra.paths import UntrustedPath, trusted_output_root
+from orchestra.paths import UntrustedPath, trusted_output_root, state_root
 from orchestra.scheduler import crashpoints
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
@@ -114,6 +114,7 @@ class LiveAttempt:
     weight: float
     charged_until: float | None
     note: str | None  # why a dispatched attempt does not run yet (a pod Pending: Unschedulable, ...)
+    stopping: str | None  # why the scheduler stops it ("timeout", "killed by user"); None: let it run
 
     def tracked(self) -> Tracked:
         return Tracked(self.backend_name, self.log_path, self.pid, self.pid_start, self.started_at)
@@ -141,11 +142,19 @@ class Scheduler:
         self.clock = time.time
         self.next_deadline: float | None = None  # earliest max-time end of a live attempt (epoch s)
         self.wakeup: Callable[[], None] | None = None
+        with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
+            self._installation: str = session.scalar(select(Installation.id)) or "default"
 
     def backend(self, cluster: str) -> Backend:
         if cluster not in self.backends:
-            self.backends[cluster] = self._wire(make_backend(self.settings.cluster(cluster)))
+            self.backends[cluster] = self._wire(make_backend(self.settings.cluster(cluster), self.settings,
+                                                             self.installation))
         return self.backends[cluster]
+
+    @property
+    def installation(self) -> str:
+        """This database's id (migration 0004): attempt state on disk is kept under it."""
+        return self._installation
 
     def set_wakeup(self, callback: Callable[[], None]) -> None:
         """Hand `callback` (thread-safe; it wakes the service loop for a short pass) to every backend
@@ -187,9 +196,10 @@ class Scheduler:
         crashpoints.current_pass = "full" if full else "short"
         with report.step("reconcile"):
             self.reconcile(report, full)
-        if full:
+        if full or report.counts["stopped"]:  # the last stopped attempt of a killed task lets it finish
             with report.step("requests"):
                 self.apply_requests(report)
+        if full:
             with report.step("expand"):
                 self.expand(report)
         with report.step("tasks"):
@@ -218,7 +228,7 @@ class Scheduler:
                 Attempt.id, Attempt.job_id, Job.task_id, Task.owner_id, Attempt.backend_name, Attempt.status,
                 Attempt.pid, Attempt.pid_start, Attempt.log_path, Attempt.started_at, Attempt.cluster, Task.queue,
                 Job.is_scout, Job.attempts, Job.failures, Task.max_time, Task.max_retries, Task.status,
-                Task.request, Attempt.weight, Attempt.charged_until, Attempt.reason,
+                Task.request, Attempt.weight, Attempt.charged_until, Attempt.reason, Attempt.stopping,
             )
             .join(Job, Job.id == Attempt.job_id)
             .join(Task, Task.id == Job.task_id)
@@ -240,19 +250,29 @@ class Scheduler:
         confirmed: list[LiveAttempt] = []
         waiting: list[tuple[LiveAttempt, str | None]] = []
         timed_out: list[LiveAttempt] = []
+        stopping: list[LiveAttempt] = []
         strangers: dict[str, list[str]] = {}
         for cluster, attempts in by_cluster.items():
             survey = self.backend(cluster).survey([a.tracked() for a in attempts])
             strangers[cluster] = survey.strangers
             for attempt in attempts:
                 seen = survey.observations.get(attempt.backend_name)
-                if seen is None or seen.phase == Phase.MISSING:
+                if attempt.stopping and (seen is None or seen.phase in (Phase.MISSING, Phase.FAILED)):
+                    # Stopped by us: it ends for the reason we stopped it, whatever the signal did.
+                    code = seen.exit_code if seen else None
+                    ended = (seen.ended_at if seen else None) or now
+                    status = AttemptStatus.KILLED if attempt.stopping != "timeout" else AttemptStatus.FAILED
+                    endings.append(Ending(attempt, status, code, attempt.stopping, ended))
+                    report.counts["stopped"] += 1
+                elif seen is None or seen.phase == Phase.MISSING:
                     reason = (seen.reason if seen else None) or "the backend no longer knows it"
                     endings.append(Ending(attempt, AttemptStatus.LOST, None, f"lost: {reason}", now))
                 elif seen.phase == Phase.SUCCEEDED:
                     endings.append(Ending(attempt, AttemptStatus.SUCCEEDED, 0, None, seen.ended_at or now))
                 elif seen.phase == Phase.FAILED:
                     endings.append(Ending(attempt, AttemptStatus.FAILED, seen.exit_code, seen.reason, seen.ended_at or now))
+                elif attempt.stopping:
+                    stopping.append(attempt)  # still there: ask again (a restarted scheduler forgot)
                 elif attempt.max_time and attempt.started_at and now - attempt.started_at > attempt.max_time:
                     timed_out.append(attempt)
                 elif seen.phase == Phase.PENDING:
@@ -265,8 +285,10 @@ class Scheduler:
         if endings:
             crashpoint("after-end-observed")
         if timed_out:
-            self._kill(timed_out)
-            endings += [Ending(a, AttemptStatus.FAILED, None, "timeout", self.clock()) for a in timed_out]
+            with self.tx() as session:  # recorded first: a crash before the signal repeats it
+                self._mark_stopping(session, timed_out, "timeout")
+        if timed_out or stopping:
+            self._kill(timed_out + stopping)  # returns at once; the attempts end when their processes do
         with self.tx() as session:
             self._confirm(session, confirmed, now)
             self._note_waiting(session, waiting)
@@ -277,6 +299,12 @@ class Scheduler:
             if ended or strangers.get(cluster):
                 self.backend(cluster).release(ended + strangers.get(cluster, []))
         report.counts["strangers removed"] += sum(len(s) for s in strangers.values())
+
+    @staticmethod
+    def _mark_stopping(session: Session, attempts: Sequence[LiveAttempt], why: str) -> None:
+        ids = [a.id for a in attempts if not a.stopping]
+        if ids:
+            session.execute(update(ATTEMPTS).where(one_of(session, ATTEMPTS.c.id, ids)).values(stopping=why))
 
     def _kill(self, attempts: Sequence[LiveAttempt]) -> None:
         by_cluster: dict[str, list[Tracked]] = defaultdict(list)
@@ -410,19 +438,22 @@ class Scheduler:
                 return
             live = self.live_attempts(session, [r.id for r in requests])
         if live:
-            self._kill(live)  # backend first: repeating a kill after a crash is harmless
+            with self.tx() as session:  # recorded first: a crash before the signal repeats it
+                self._mark_stopping(session, live, "killed by user")
+            self._kill(live)  # returns at once: the attempts end (and free their slots) when their processes do
+        busy = {a.task_id for a in live}
         now = self.clock()
         purge = []
         with self.tx() as session:
-            killed = [Ending(a, AttemptStatus.KILLED, None, "killed by user", now) for a in live]
-            self._record_endings(session, killed, report)
-            self._charge_usage(session, live, killed, now, everyone=False)
             for task_id, request, cluster, task_name, owner in requests:
                 session.execute(
                     update(JOBS).where(JOBS.c.task_id == task_id,
                                        JOBS.c.status.in_([JobStatus.HELD.value, JobStatus.QUEUED.value]))
                     .values(status=JobStatus.KILLED.value, reason="killed by user", ended_at=now)
                 )
+                if task_id in busy:
+                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0))
+                    continue  # done in a later cycle, once its last attempt has ended
                 if request == "kill":
                     session.execute(update(TASKS).where(TASKS.c.id == task_id).values(request=None, n_queued=0))
                 else:
@@ -434,8 +465,6 @@ class Scheduler:
                             purge.append((task_id, trusted_output_root(storage, owner, task_name), storage))
                         except OrchestraError as exc:
                             log.warning("purge of task %d refused: %s", task_id, exc)
-        for name in {a.cluster for a in live}:
-            self.backend(name).release([a.backend_name for a in live if a.cluster == name])
         for task_id, root, storage in purge:
             try:
                 purge_outputs(root, storage)
@@ -589,7 +618,7 @@ class Scheduler:
             t = task_info[r.task_id]
             cluster, root = roots[r.task_id]
             name = backend_name(r.task_id, r.index, r.attempts)
-            log_path = f"{root}/.attempts/{name}/log"
+            log_path = str(state_root(cluster.storage, self.installation) / name / "log")
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
                                     t.image, r.command, expansion.output_dir(root, r.index), log_path, t.max_time,
                                     cluster))

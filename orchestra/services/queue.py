@@ -469,7 +469,7 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
             if t.request is not None:
                 verb = "killed" if t.request == "kill" else "deleted"
                 rows.append(_group_row(t, "stopping", 0, f"task being {verb}: its {live.get(t.id, 0)} running "
-                                                         "job(s) stop at the next cycle"))
+                                                         "job(s) are being stopped (SIGTERM, then SIGKILL after the grace)"))
                 continue
             if t.status == TaskStatus.REGISTERED:
                 rows.append(_group_row(t, "registered", t.n_jobs,

@@ -218,7 +218,10 @@ def test_killed_task_is_shown_until_its_jobs_stop(cli: Cli, world: Path, sched: 
     cli.ok("maestro task kill -t user.alice.a")
     [row] = queue(cli, "-t user.alice.a")
     assert row["state"] == "stopping"
-    assert row["reason"] == "task being killed: its 4 running job(s) stop at the next cycle"
+    assert row["reason"] == ("task being killed: its 4 running job(s) are being stopped "
+                             "(SIGTERM, then SIGKILL after the grace)")
+    scheduler.cycle()  # the kill is sent; the attempts stay live until the backend says they are gone
+    assert [r["state"] for r in queue(cli, "-t user.alice.a")] == ["stopping"]
     scheduler.cycle()
     assert queue(cli) == []
     assert "no pending jobs" in cli.ok("maestro queue").out
@@ -312,14 +315,15 @@ def test_accounts_share_slots_through_the_real_cycle(cli: Cli, world: Path, env:
     assert "physics" in cli.ok("maestro usage").out
 
 
-def test_a_kill_settles_the_killed_attempts_charge_up_to_the_kill(
+def test_a_kill_settles_the_killed_attempts_charge_up_to_their_end(
         cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
     scheduler, _ = sched
     create(cli, "alice", "a")
     scheduler.cycle()  # 4 start
     time.sleep(0.2)
     cli.ok("maestro task kill -t user.alice.a")
-    scheduler.cycle()  # reconcile charges them up to its start; the kill, up to the kill
+    scheduler.cycle()  # reconcile charges them up to its start; the kill is sent
+    scheduler.cycle()  # their end is seen: charged up to it, in the same write
     with scheduler.ctx.transaction() as session:
         killed = session.execute(select(Attempt.charged_until, Attempt.ended_at).where(Attempt.status == "killed")).all()
         usage = session.scalar(select(User.usage).where(User.name == "alice"))

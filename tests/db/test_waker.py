@@ -58,7 +58,7 @@ def test_scheduler_hands_the_callback_to_backends_that_take_it(ctx: Context,
     early, plain = Wakeable(), NullBackend()
     scheduler = Scheduler(ctx, backends={"A": early, "B": plain})
     made = Wakeable()
-    monkeypatch.setattr("orchestra.scheduler.cycle.make_backend", lambda cluster: made)
+    monkeypatch.setattr("orchestra.scheduler.cycle.make_backend", lambda cluster, *_: made)
     scheduler.set_wakeup(callback := lambda: None)
     assert early.wakeup is callback  # existing backends get it at once
     assert scheduler.backend("LPS") is made and made.wakeup is callback  # new ones when made

@@ -321,7 +321,8 @@ def test_the_service_runs_everyones_tasks_and_the_audit_names_them(site: Site) -
         assert task["owner"] == me and task["status"] == "completed", task
         assert task["counts"] == {"succeeded": N_CONFIGS}, task
         root = site.storage / me / f"user.{me}.t"
-        logs = "".join(p.read_text() for p in root.glob(".attempts/*/log"))
+        # logs live in the scheduler's own directory, <storage>/.orchestra/<installation>/<attempt>/
+        logs = "".join(p.read_text() for p in site.storage.glob(".orchestra/*/orc-*/log"))
         for i in range(N_CONFIGS):
             out = root / f"job_{i:06d}"
             assert out.is_dir(), out

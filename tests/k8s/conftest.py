@@ -6,6 +6,8 @@ process, and hostPath storage is just the local filesystem (expansion paths are 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,13 @@ import pytest
 
 from orchestra.backends.base import LaunchSpec
 from orchestra.backends.kubernetes import KubernetesBackend
-from orchestra.config import ClusterConfig, KubernetesConfig, QueueConfig
+from orchestra.config import ClusterConfig, KubernetesConfig, QueueConfig, UserAccountConfig, load_settings
+from orchestra.security.accounts import OwnerAccount, owner_account
 from tests.k8s_sim import Faults, KubeSim, NodeOptions
 
 NAMESPACE = "orchestra"
+# The made-up users of these tests have no OS account: the config gives theirs (README "The pods").
+ALICE = UserAccountConfig(uid=1001, gid=1001, groups=(2000,), home="/home/alice")
 
 K8S_CONFIG = """
 [scheduler]
@@ -25,6 +30,12 @@ scouts = 3
 max_retries = 1
 poll_interval = 0.1
 lease_ttl = 10
+
+[users.alice]
+uid = 1001
+gid = 1001
+groups = [2000]
+home = "/home/alice"
 
 [clusters.LPS]
 backend = "kubernetes"
@@ -93,14 +104,22 @@ def cluster(storage: Path) -> ClusterConfig:
     return k8s_cluster(storage)
 
 
+def accounts_of_tests(tmp_path: Path) -> Callable[[str], OwnerAccount]:
+    """`owner_account` over settings whose config gives alice an account (and nobody else one)."""
+    settings = load_settings({"ORCHESTRA_HOME": str(tmp_path / "home"), "ORCHESTRA_USER": "alice"})
+    return functools.partial(owner_account, dataclasses.replace(settings, user_accounts={"alice": ALICE}))
+
+
 @pytest.fixture
-def make_backend(sim: KubeSim, cluster: ClusterConfig) -> Iterator[Callable[..., KubernetesBackend]]:
-    """Backends on the official client, talking to `sim` over HTTP (short timeouts and backoff)."""
+def make_backend(sim: KubeSim, cluster: ClusterConfig, tmp_path: Path) -> Iterator[Callable[..., KubernetesBackend]]:
+    """Backends on the official client, talking to `sim` over HTTP (short timeouts and backoff);
+    their pods run as the accounts of `accounts_of_tests`."""
     backends: list[KubernetesBackend] = []
 
     def make(on: KubeSim | None = None, cluster_config: ClusterConfig | None = None, **kwargs: Any) -> KubernetesBackend:
         kwargs.setdefault("backoff", 0.01)
         kwargs.setdefault("request_timeout", 5.0)
+        kwargs.setdefault("accounts", accounts_of_tests(tmp_path))
         backend = KubernetesBackend(cluster_config or cluster, (on or sim).api_client(), **kwargs)
         backends.append(backend)
         return backend

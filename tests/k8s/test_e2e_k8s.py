@@ -175,8 +175,8 @@ def test_kill_deletes_the_running_pods(cli: Cli, storage: Path, env: dict[str, s
         pids = [sim.pid(p["metadata"]["name"]) for p in sim.pods()]
         assert all(pids)
         assert "running jobs stop" in cli.ok("maestro task kill -t user.alice.victim").out
-        scheduler.cycle()
-        assert set(j["status"] for j in jobs_of(cli, "victim")) == {"killed"}
+        # Asynchronous: the pods are deleted with their grace; the jobs end killed once they are gone.
+        cycles_until(ctx, lambda: set(j["status"] for j in jobs_of(cli, "victim")) == {"killed"}, scheduler=scheduler)
         sim.wait_for(sim.pods()[0]["metadata"]["name"] if sim.pods() else "none", lambda p: p is None, timeout=5)
         deadline = time.monotonic() + 5
         while sim.pods() and time.monotonic() < deadline:
@@ -218,8 +218,7 @@ def test_a_pod_the_cluster_cannot_place_stays_starting_and_says_why(cli: Cli, st
         scheduler.cycle()  # unchanged reasons: nothing to write, still starting
         assert {j["status"] for j in jobs_of(cli, "gpujob")} == {"starting"}
         cli.ok("maestro task kill -t user.alice.gpujob")
-        scheduler.cycle()
-        assert {j["status"] for j in jobs_of(cli, "gpujob")} == {"killed"}
+        cycles_until(ctx, lambda: {j["status"] for j in jobs_of(cli, "gpujob")} == {"killed"}, scheduler=scheduler)
     finally:
         scheduler.lease.release()
         scheduler.close()

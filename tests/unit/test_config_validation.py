@@ -21,7 +21,7 @@ BAD = [
     ("[clusters.LPS.queues.cpu]\nslot = 64\n", "clusters.LPS.queues.cpu.slot", "known keys: cpu, gpu, memory, slots"),
     ("[scheduler]\nscout = 3\n", "scheduler.scout", "unknown keys ['scout']"),
     ("[fairshare]\nhalf_life = 3\n", "fairshare.half_life", "half_life_days"),
-    ("[users.alice]\nshares = 2\n", "users.alice.shares", "known keys: share"),
+    ("[users.alice]\nshares = 2\n", "users.alice.shares", "known keys: gid, groups, home, share, uid"),
     ("[accounts.physics]\nmembers = ['alice']\n", "accounts.physics.members", "known keys: share, users"),
     ("[scheduler]\nscouts = -1\n", "scheduler.scouts", "0 or more"),
     ("[scheduler]\ninterval = 0\n", "scheduler.interval", "greater than 0"),
@@ -106,7 +106,8 @@ def test_the_tests_config_loads_with_its_sources(tmp_path: Path) -> None:
     settings = load_settings({"ORCHESTRA_CONFIG": str(path), "ORCHESTRA_HOME": str(tmp_path),
                               "ORCHESTRA_DATABASE_URL": "sqlite:////x.db"})
     origin = f"file {path}"
-    assert settings.scheduler == SchedulerConfig(scouts=3, max_retries=1, poll_interval=0.2, lease_ttl=10.0)
+    assert settings.scheduler == SchedulerConfig(scouts=3, max_retries=1, poll_interval=0.2, lease_ttl=10.0,
+                                                 run_jobs_as="scheduler")
     assert isinstance(settings.scheduler.lease_ttl, float)  # an integer in the file, a float in Settings
     assert settings.sources["scheduler.scouts"] == origin and settings.sources["scheduler.interval"] == "default"
     assert settings.sources["fairshare.half_life_days"] == "default"

@@ -209,19 +209,26 @@ def test_open_nofollow_writes_and_makes_directories(storage: Path) -> None:
         os.close(open_dir(storage / "missing" / "dir", storage))
 
 
-def test_local_backend_refuses_a_linked_state_dir(storage: Path, victim: Path) -> None:
+def test_local_backend_refuses_a_linked_state_dir(storage: Path, victim: Path, tmp_path: Path) -> None:
+    """The attempt state lives in the scheduler's own directory; should a link be there anyway
+    (an admin's mistake, a job in the personal mode), the launch is refused, nothing written."""
     from orchestra.backends.base import LaunchSpec
     from orchestra.backends.local import LocalBackend
-    from orchestra.config import ClusterConfig, QueueConfig
+    from orchestra.config import ClusterConfig, QueueConfig, load_settings
+    from orchestra.paths import state_root
+    from tests.helpers import write_config
 
     queue = QueueConfig(name="cpu", slots=1, cpu=1.0, memory="1Gi", gpu=0)
     cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
+    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
+                              "ORCHESTRA_HOME": str(tmp_path)})
+    state = state_root(storage, "inst")
+    state.mkdir(parents=True)
+    (state / "orc-1-0-1").symlink_to(victim)
     root = storage / "alice" / "t"
-    (root / ".attempts").mkdir(parents=True)
-    (root / ".attempts" / "orc-1-0-1").symlink_to(victim)
     spec = LaunchSpec("orc-1-0-1", 1, "t", 1, 0, 1, "alice", queue, "img", "echo hi", str(root / "job_000000"),
-                      str(root / ".attempts" / "orc-1-0-1" / "log"), None, cluster)
-    backend = LocalBackend()
+                      str(state / "orc-1-0-1" / "log"), None, cluster)
+    backend = LocalBackend(cluster, settings, "inst")
     [launched] = backend.launch([spec])
     assert launched.error and "symbolic link" in launched.error and launched.pid is None
     assert sorted(p.name for p in victim.iterdir()) == ["inner", "precious.txt"]
