@@ -50,6 +50,7 @@ class Launched:
     pid_start: int | None = None
     started_at: float | None = None
     error: str | None = None  # set when the create was refused for good (e.g. bad spec, forbidden)
+    final: bool = False  # the refusal is the task's, not this attempt's (an owner with no account): no retry
 
 
 @dataclass(frozen=True)

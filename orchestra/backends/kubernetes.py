@@ -456,7 +456,7 @@ class KubernetesBackend:
         try:
             body = self.pod_for(spec)
         except NoAccount as exc:
-            return Launched(name, error=str(exc))
+            return Launched(name, error=str(exc), final=True)  # not retried: no attempt could run
         for _ in range(self.tries):
             try:
                 pod = self._call("create", "pods", lambda: self.api.create_namespaced_pod(

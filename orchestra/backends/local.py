@@ -202,8 +202,8 @@ class LocalBackend:
         self._owner_ids: tuple[int, int] | None = None
         try:
             runas, home, user = self._account(spec)
-        except OrchestraError as exc:
-            return Launched(spec.backend_name, error=str(exc))
+        except OrchestraError as exc:  # no account to run it as: no attempt of this task can run
+            return Launched(spec.backend_name, error=str(exc), final=True)
         folder = fd = log_fd = -1
         try:
             folder = open_dir(state, self.cluster.storage, create=True)

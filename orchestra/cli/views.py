@@ -125,6 +125,8 @@ def queue_table(report: QueueReport, per_job: bool = False) -> None:
     """`maestro queue`: pending work in dispatch order (per queue), the priority and why it waits."""
     state = ", ".join(f"{q.cluster}/{q.queue} {q.busy} of {q.slots} slots in use" for q in report.queues)
     console.print(f"queues: {state}", markup=False)
+    if report.run_as_note:
+        console.print(report.run_as_note, markup=False)
     table = Table()
     columns = ["pos", "queue", "task", "user", "state", "job" if per_job else "jobs", "priority", "fairshare", "age",
                "taskprio", "scout", "why pending"]

@@ -129,6 +129,7 @@ class Ending:
     exit_code: int | None
     reason: str | None
     ended_at: float
+    final: bool = False  # fails the job at once, whatever its retries (e.g. its owner has no account)
 
 
 class Scheduler:
@@ -360,6 +361,8 @@ class Scheduler:
                 status = JobStatus.KILLED
             elif not active:
                 status = JobStatus.KILLED if a.request else JobStatus.FAILED
+            elif e.final:
+                status = JobStatus.FAILED
             elif e.status == AttemptStatus.LOST:
                 status = JobStatus.QUEUED if a.attempts - a.failures < LOST_LIMIT else JobStatus.FAILED
             elif a.is_scout and a.task_status == TaskStatus.SCOUTING:
@@ -666,6 +669,6 @@ class Scheduler:
                             where=[JOBS.c.status == JobStatus.STARTING.value], fixed={"status": JobStatus.RUNNING.value})
             if refused:
                 live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
-                endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now)
+                endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now, final=l.final)
                            for s, l in refused if s.backend_name in live]
                 self._record_endings(session, endings, report)

@@ -188,6 +188,10 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             if waker.wait(min(5.0, ctx.settings.scheduler.lease_ttl / 3)) == "stop":
                 return 0
         say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
+        for name, cluster in ctx.settings.clusters.items():
+            describe = getattr(scheduler.backend(name), "describe", None) if cluster.backend == "local" else None
+            if describe is not None:
+                say(f"cluster {name}: {describe()}")  # as whom jobs run and how they are contained
         cycles = 0
         passes = PassSummary()
         outage = 0.0  # seconds of the last backoff while a backend is unavailable

@@ -343,6 +343,8 @@ class QueueReport:
     queues: list[QueueState]
     weights: dict[str, float]
     jobs_truncated: bool = False
+    # Said when the config runs local jobs as the scheduler's own account (the personal mode).
+    run_as_note: str | None = None
 
 
 def _user_id(session: Session, name: str) -> int:
@@ -500,7 +502,10 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
         w = settings.fairshare
         weights = {"fairshare": w.weight_fairshare, "age": w.weight_age, "priority": w.weight_task_priority,
                    "scout": ex.bonus}
-        return QueueReport(now, rows, states, weights, truncated)
+        local = any(c.backend == "local" for c in settings.clusters.values())
+        note = ("local jobs run as the scheduler's own account, not as their owners (run_jobs_as = \"scheduler\")"
+                if local and settings.scheduler.run_jobs_as == "scheduler" else None)
+        return QueueReport(now, rows, states, weights, truncated, note)
 
 
 def _group_row(t: PendingTask, state: str, pending: int, reason: str, *, scouts: bool = False,

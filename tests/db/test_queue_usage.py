@@ -209,6 +209,7 @@ def test_scouts_jump_the_queue(cli: Cli, world: Path, sched: tuple[Scheduler, Nu
     assert rows[("user.alice.s", "held")]["pending"] == 9
     table = cli.ok("maestro queue -u alice").out
     assert "3 scouts" in table and "waiting for scouts" in table and "user.bob.busy" not in table
+    assert "local jobs run as the scheduler's own account" in table  # the tests' run_jobs_as = "scheduler"
 
 
 def test_killed_task_is_shown_until_its_jobs_stop(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:

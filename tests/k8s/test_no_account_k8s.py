@@ -1,6 +1,6 @@
 """A task whose owner has no account (no OS account on the scheduler's host, no [users.<name>] uid
 and gid) never gets a pod: each attempt fails at launch with the reason, which `maestro task show`
-shows; the other users' jobs run as usual."""
+shows (not retried: no attempt could run); the other users' jobs run as usual."""
 from __future__ import annotations
 
 import json
@@ -39,8 +39,8 @@ def test_a_task_of_a_user_without_an_account_fails_with_the_reason(cli: Cli, sto
     reason = (f"user '{user}' has no OS account on this host and no uid/gid in [users.{user}]; create the account "
               f"(useradd, LDAP) or set [users.{user}] uid = ..., gid = ... in the config")
     jobs = json.loads(cli.ok(f"maestro job list -t user.{user}.orphan --json", user=user).out)
-    # a launch refusal counts as a failed attempt: retried up to --max-retries (1 here), then failed
-    assert [(j["status"], j["attempts"], j["reason"]) for j in jobs] == [("failed", 2, reason)] * 2
+    # no attempt of this task could ever run: each job fails at its first launch, not retried
+    assert [(j["status"], j["attempts"], j["reason"]) for j in jobs] == [("failed", 1, reason)] * 2
     shown = cli.ok(f"maestro task show -t user.{user}.orphan", user=user).out
     assert reason in shown, shown
     # no pod was ever made for carol; alice's ran as usual
