@@ -54,9 +54,11 @@ ATTEMPT_COLUMNS = ("job_id", "number", "backend_name", "cluster", "status", "log
 DEADLINE_SLACK = 0.05  # seconds past a max-time end before the short pass that enforces it
 
 
-def backend_name(task_id: int, job_index: int, attempt: int) -> str:
-    """Deterministic, DNS-1123 safe, at most 63 characters: the same (job, attempt), the same name."""
-    return f"orc-{task_id}-{job_index}-{attempt}"
+def backend_name(task_id: int, job_index: int, attempt: int, installation: str = "") -> str:
+    """Deterministic, DNS-1123 safe, at most 63 characters: the same (job, attempt), the same name;
+    with the database's installation id, so another database's objects are never adopted."""
+    return f"orc-{installation[:8]}-{task_id}-{job_index}-{attempt}" if installation else \
+        f"orc-{task_id}-{job_index}-{attempt}"
 
 
 def describe_counts(counts: Counter[str]) -> str:
@@ -620,7 +622,7 @@ class Scheduler:
         for r in rows:
             t = task_info[r.task_id]
             cluster, root = roots[r.task_id]
-            name = backend_name(r.task_id, r.index, r.attempts)
+            name = backend_name(r.task_id, r.index, r.attempts, self.installation)
             log_path = str(state_root(cluster.storage, self.installation) / name / "log")
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
                                     t.image, r.command, expansion.output_dir(root, r.index), log_path, t.max_time,

@@ -184,7 +184,7 @@ def test_scouts_registered_and_held(cli: Cli, world: Path, sched: tuple[Schedule
     with scheduler.ctx.transaction() as session:
         held_job = session.scalar(select(Job.id).join(Task).where(Task.name == "user.alice.s", Job.status == "held"))
     assert cli.ok(f"maestro job why {held_job}").out.count("waiting for scouts") == 1
-    scouts = [n for n in backend.running if n.startswith(f"orc-{held['task_id']}-")]
+    scouts = [n for n in backend.running if n.startswith(f"orc-{scheduler.installation[:8]}-{held['task_id']}-")]
     backend.finish(scouts[:1])
     scheduler.cycle()
     [held] = [r for r in queue(cli) if r["state"] == "held"]

@@ -39,6 +39,16 @@ def cycles_until(ctx: Context, done, timeout: float = 60, scheduler: Scheduler |
     return scheduler
 
 
+def installation(ctx: Context) -> str:
+    """The database's installation id (part of every backend object's name)."""
+    from orchestra.db.models import Installation
+
+    with ctx.transaction() as session:
+        found = session.scalar(select(Installation.id))
+    ctx.engine.dispose()
+    return found or ""
+
+
 def task_status(ctx: Context, name: str) -> str:
     with ctx.transaction() as session:
         return session.scalar(select(Task.status).where(Task.name == name)) or "gone"

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.scheduler_helpers import Service, check_turnover_ledger, make_inputs, wait_task_done
+from orchestra.scheduler.cycle import backend_name
+from orchestra.services.context import Context
+from tests.e2e.scheduler_helpers import Service, check_turnover_ledger, installation, make_inputs, wait_task_done
 from tests.helpers import Cli
 from tests.k8s.test_e2e_k8s import assert_clean
 from tests.k8s_sim import KubeSim
@@ -116,7 +118,8 @@ def test_an_api_outage_interrupts_cycles_but_not_the_service(cli: Cli, storage: 
     cli.ok(f"maestro task create -c user.alice.kturn-configs -d user.alice.kturn-data -t {TASK} "
            f"--containerImage alice/img --bypass --exec 'echo start %IN $(date +%s%N) >> {ledger}; sleep 0.5; "
            f"echo end %IN $(date +%s%N) >> {ledger}; test -n %DATA%OUT'")
-    sim.wait_for("orc-1-0-1", lambda p: p is not None and p["status"]["phase"] == "Running", timeout=20)
+    first = backend_name(1, 0, 1, installation(Context.from_env()))
+    sim.wait_for(first, lambda p: p is not None and p["status"]["phase"] == "Running", timeout=20)
     sim.api_down()
     deadline = time.monotonic() + 20
     while "cycle interrupted" not in scheduler.log:
