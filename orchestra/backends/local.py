@@ -110,6 +110,13 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+def _read_text(path: Path) -> str | None:
+    try:
+        return read_nofollow(path, 4096).decode("utf-8", "replace").strip() or None
+    except OSError:
+        return None
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return os.stat(path, follow_symlinks=False).st_mtime
@@ -166,6 +173,7 @@ class LocalBackend:
         self.grace = settings.scheduler.kill_grace_seconds
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping: dict[str, _Stopping] = {}
+        self._leftover_groups: set[str] = set()  # ended attempts whose cgroups are not removed yet
         self._adopted_running = 0  # running attempts, at the last survey, that are not our children
 
     def describe(self) -> str:
@@ -252,6 +260,9 @@ class LocalBackend:
             _close(folder)
             os.close(fd)  # the supervisor keeps the lock through its stdin
         self._children[spec.backend_name] = child
+        track = getattr(self.containment, "track", None)  # the process-group fallback follows the session
+        if track is not None:
+            track(spec.backend_name, child.pid)
         return Launched(
             spec.backend_name, host=self.host, pid=child.pid, pid_start=process_start_time(child.pid),
             started_at=time.time(),
@@ -299,8 +310,19 @@ class LocalBackend:
                 self._adopted_running += 1
             elif seen.phase != Phase.RUNNING:
                 self._stopping.pop(item.backend_name, None)
-                self.containment.remove(item.backend_name)
+                self._remove_group(item.backend_name)
+        for name in list(self._leftover_groups):
+            self._remove_group(name)
         return survey
+
+    def _remove_group(self, name: str) -> None:
+        """Remove an ended attempt's cgroups; one whose last processes are still exiting (EBUSY)
+        is retried at the next survey, never an error of the cycle."""
+        try:
+            self.containment.remove(name)
+            self._leftover_groups.discard(name)
+        except OSError:
+            self._leftover_groups.add(name)
 
     def _cap_log(self, name: str) -> None:
         """Keep the attempt's log under its cap (its tail kept; a note says how much was cut): one
@@ -339,18 +361,40 @@ class LocalBackend:
             ended = _mtime(state / "exit")
             phase = Phase.SUCCEEDED if code == 0 else Phase.FAILED
             reason = None if code == 0 else (f"killed by signal {code - 128}" if code > 128 else f"exit code {code}")
-            if code != 0 and self.containment.oom_killed(name):
+            why = _read_text(state / "why")
+            if why:
+                reason = why
+            elif code != 0 and self.containment.oom_killed(name):
                 reason = "OOMKilled: the job used more than its queue's memory"
             return Observation(name, phase, exit_code=code, reason=reason, host=self.host, ended_at=ended)
         if self._supervisor_alive(item, state):
             # Its state was removed under it: keep tracking it; it writes its status back at the end.
             return Observation(name, Phase.RUNNING, host=self.host)
         if self.containment.alive(name):
-            # The supervisor was killed while the job ran: end the job too, never run it twice.
+            # The supervisor was killed while the job ran: end the job too, never run it twice. The
+            # verdict is written first, so a scheduler that restarts before recording it sees the same.
+            self._record_verdict(state, 137, "its supervisor was killed; the job was stopped")
             self.containment.kill(name)
-            return Observation(name, Phase.FAILED, reason="its supervisor was killed; the job was stopped",
-                               host=self.host, ended_at=time.time())
+            return self._observe(item)
         return Observation(name, Phase.MISSING, reason="process gone without an exit status")
+
+    def _record_verdict(self, state: Path, code: int, why: str) -> None:
+        """The scheduler writes an attempt's end itself (its supervisor is gone): `why`, then `exit`."""
+        try:
+            folder = open_dir(state, self.cluster.storage, create=True)
+        except (OSError, UntrustedPath) as exc:
+            log.warning("cannot record the end of %s: %s", state.name, exc)
+            return
+        try:
+            for name, text in (("why", why), ("exit", str(code))):
+                fd = open_in(folder, name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                with os.fdopen(fd, "w") as out:
+                    out.write(text + "\n")
+                os.replace(name + ".tmp", name, src_dir_fd=folder, dst_dir_fd=folder)
+        except (OSError, UntrustedPath) as exc:
+            log.warning("cannot record the end of %s: %s", state.name, exc)
+        finally:
+            os.close(folder)
 
     def kill(self, tracked: Sequence[Tracked]) -> None:
         """SIGTERM every process of each attempt and return at once; `survey` sends SIGKILL to what
@@ -384,10 +428,15 @@ class LocalBackend:
         """The state directory stays (it holds the log); the cgroups go."""
         for name in names:
             self._stopping.pop(name, None)
-            self.containment.remove(name)
+            self._remove_group(name)
 
     def close(self) -> None:
         self.reap()
+        for base in getattr(self.containment, "bases", {}).values():  # this installation's parent groups
+            try:
+                os.rmdir(base)  # only when empty: attempts still running keep theirs
+            except OSError:
+                pass
 
 
 def _close(fd: int) -> None:
