@@ -24,7 +24,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from orchestra.paths import UntrustedPath, open_dir
+from orchestra.paths import UntrustedPath, open_dir, open_in
 
 DEFAULT_MAX_LOG_BYTES = 100 * 1024**2  # [scheduler] max_log_bytes
 
@@ -119,7 +119,7 @@ def enforce(log: Path, limit: int, note: Path, *, storage: Path | None = None) -
     folder = _open_parent(log, storage)
     try:
         try:
-            fd = _open_log(folder, log)
+            fd = open_in(folder, log.name, os.O_WRONLY, shown=log)  # no link, one hard link, a regular file
         except FileNotFoundError:
             return 0
         try:
@@ -178,27 +178,6 @@ def _open_parent(path: Path, storage: Path | None) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise UntrustedPath(f"{path.parent} is a symbolic link or not a directory; refusing it") from None
         raise
-
-
-def _open_log(folder: int, log: Path) -> int:
-    """The log, for writing (fallocate needs it), without following a link; refuses anything but
-    a regular file with one link (cutting a hard link would cut another file)."""
-    try:
-        fd = os.open(log.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-            raise UntrustedPath(f"{log} is a symbolic link or not a regular file; refusing to cut it") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UntrustedPath(f"{log} is not a regular file; refusing to cut it")
-        if info.st_nlink > 1:
-            raise UntrustedPath(f"{log} has {info.st_nlink} hard links; refusing to cut it")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _write_note(note: Path, total: int, limit: int, storage: Path | None) -> None:
