@@ -103,7 +103,7 @@ def db_status() -> None:
 @scheduler_app.command("run")
 def scheduler_run(
     once: Annotated[bool, typer.Option("--once", help="run exactly one cycle and exit (cron)")] = False,
-    until_idle: Annotated[bool, typer.Option("--until-idle", help="cycle until nothing is queued or running")] = False,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="cycle until nothing can run without a user's action, then say what remains")] = False,
     interval: Annotated[Optional[float], typer.Option("--interval", help="seconds between cycles")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -121,6 +121,21 @@ def scheduler_run(
     code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
                     say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
     raise typer.Exit(code)
+
+
+@app.command("status")
+def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Is the scheduler alive (heartbeat, last cycle, lease holder); slots per queue; queued and running
+    per user; holds; the Orchestra version. Any user may run it."""
+    from orchestra.cli import views
+    from orchestra.services import status
+
+    report = status.status(context())
+    if as_json:
+        print_json(report)
+    else:
+        views.status(report)
+    views.scheduler_warning(report.scheduler.warning)
 
 
 @user_app.command("add")

@@ -11,6 +11,9 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from sqlalchemy.exc import DBAPIError
+
+from orchestra.db import faults
 from orchestra.errors import OrchestraError
 from orchestra.services.context import Context
 
@@ -44,6 +47,8 @@ def run(app: typer.Typer, args: Sequence[str] | None = None, prog_name: str | No
         fail(f"{exc.format_message()} (see --help)", exc.exit_code)
     except OrchestraError as exc:
         fail(str(exc))
+    except DBAPIError as exc:  # a lock held too long, a server gone, a full disk: one line, no traceback
+        fail(faults.describe(exc))
     except Abort:
         fail("aborted")
     except KeyboardInterrupt:

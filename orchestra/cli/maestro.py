@@ -53,6 +53,7 @@ def task_list(
         print_json([{**r.__dict__, "done": r.done} for r in rows])
     else:
         views.task_table(rows)
+    _scheduler_warning()
 
 
 @task_app.command("show")
@@ -76,8 +77,15 @@ def task_kill(task: TaskRef) -> None:
 @task_app.command("retry")
 def task_retry(task: TaskRef) -> None:
     """Re-queue failed and killed jobs; a BROKEN task runs its scouts again."""
-    n = tasks.retry(context(), task)
-    console.print(f"re-queued {n} job(s) of {task}")
+    done = tasks.retry(context(), task)
+    if done.status == "registered":
+        console.print(f"{done.name} had no jobs yet: it is registered again and will be expanded again at the "
+                      "scheduler's next cycle")
+    elif done.n_queued == 0:
+        console.print(f"resumed {done.name} ({done.status}): no job to re-queue")
+    else:
+        scouts = "; its scouts run first, the other jobs stay held" if done.status == "scouting" else ""
+        console.print(f"re-queued {done.n_queued} job(s) of {done.name}{scouts}")
 
 
 @task_app.command("delete")
@@ -168,6 +176,14 @@ def dataset_delete(
     console.print(f"deleted dataset {name} (files on storage untouched)")
 
 
+def _scheduler_warning() -> None:
+    """One line on stderr (stdout stays parseable) when the scheduler is stale, stopped or never ran."""
+    from orchestra.services.status import warn_line
+
+    ctx = context()
+    views.scheduler_warning(warn_line(ctx.engine, ctx.settings))
+
+
 @app.command("queue")
 def queue_cmd(
     user: Annotated[Optional[str], typer.Option("-u", "--user", help="only this user's pending work")] = None,
@@ -190,6 +206,7 @@ def queue_cmd(
         print_json(report)
     else:
         views.queue_table(report, per_job)
+    _scheduler_warning()
 
 
 @app.command("usage")

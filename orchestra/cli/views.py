@@ -1,6 +1,7 @@
 """Rendering with rich: tables and details for what the services return. No logic lives here."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from orchestra.states import JobStatus
 if TYPE_CHECKING:  # the fair-share views load numpy: only when those commands run
     from orchestra.replay import ReplayResult
     from orchestra.services.queue import JobExplanation, QueueReport
+    from orchestra.services.status import StatusReport
     from orchestra.services.usage import UsageReport
 
 STATUS_STYLE = {
@@ -251,3 +253,56 @@ def simulation(result: ReplayResult, every: int | None = None) -> None:
         f"simulated {_clock(result.times[-1] if n else 0)} in {n} cycles ({state}); wall time: setup "
         f"{result.setup_wall:.1f} s, task submission {result.submit_wall:.1f} s, cycles {w.sum():.1f} s "
         f"(mean {1000 * w.mean() if n else 0:.0f} ms, max {1000 * w.max() if n else 0:.0f} ms)", markup=False)
+
+
+def scheduler_warning(line: str | None) -> None:
+    """The scheduler-liveness warning: one line on stderr, so `--json` output stays parseable."""
+    if line:
+        sys.stderr.write(line + "\n")
+
+
+def status(report: StatusReport) -> None:
+    """`orchestra status`: the scheduler's liveness, slots per queue, load per user, holds."""
+    from orchestra.services.status import ago
+
+    live = report.scheduler
+    console.print(f"Orchestra {report.version}", markup=False)
+    if live.state == "never":
+        state = "never ran on this database"
+    elif live.state == "stopped":
+        state = f"stopped at {when(live.stopped_at)} ({ago(live.now - (live.stopped_at or live.now))} ago)"
+    else:
+        state = "NOT SEEN (stale)" if live.state == "stale" else "running"
+    console.print(f"scheduler        {state}", markup=False)
+    if live.holder:
+        console.print(f"  lease holder   {live.holder} (until {when(live.lease_expires_at)})", markup=False)
+    elif live.state != "never":
+        console.print("  lease holder   none", markup=False)
+    if live.heartbeat_at is not None:
+        console.print(f"  heartbeat      {ago(live.heartbeat_age or 0)} ago ({when(live.heartbeat_at)}; stale after "
+                      f"{ago(live.threshold)})", markup=False)
+    if live.last_cycle_at is not None:
+        console.print(f"  last cycle     {when(live.last_cycle_at)} ({ago(live.now - live.last_cycle_at)} ago)",
+                      markup=False)
+    table = Table(title=None)
+    for column in ("queue", "used", "total", "free"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for q in report.queues:
+        table.add_row(f"{q.cluster}/{q.queue}", str(q.busy), str(q.slots), str(q.free))
+    console.print(table)
+    if report.users:
+        table = Table(title=None)
+        for column in ("user", "queued", "held", "running"):
+            table.add_column(column, justify="left" if column == "user" else "right")
+        for u in report.users:
+            table.add_row(u.user, str(u.queued), str(u.held), str(u.running))
+        console.print(table)
+    else:
+        console.print("users            nothing queued or running", markup=False)
+    if report.holds:
+        console.print("holds:", markup=False)
+        for h in report.holds:
+            since = f" since {when(h.since)}" if h.since else ""
+            console.print(f"  {h.kind} {h.target}{since}: {h.reason}", markup=False)
+    else:
+        console.print("holds            none", markup=False)

@@ -490,7 +490,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ 4. task states
     def advance_tasks(self, report: CycleReport) -> None:
-        """Release or break scouting tasks; finish running tasks whose jobs are all final."""
+        """Release or break scouting tasks (a broken task's queued jobs are killed); finish running
+        tasks whose jobs are all final."""
         threshold = self.settings.scheduler.scout_success_threshold
         now = self.clock()
         with self.tx() as session:
@@ -515,6 +516,19 @@ class Scheduler:
                         status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id, n_scouts),
                         updated_at=now, finished_at=now))
                     report.counts["tasks broken"] += 1
+            # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
+            # a task broken at dispatch, see `_trusted_roots`) end KILLED with the reason, and a
+            # retry re-queues them. Its held jobs stay held (a retry releases them after its scouts);
+            # scouts already running end on their own (`task show` reports them).
+            broken = session.execute(
+                select(Task.id, Task.reason).where(Task.status == TaskStatus.BROKEN.value, Task.n_queued > 0)
+            ).all()
+            for task_id, why in broken:
+                report.counts["jobs cancelled"] += session.execute(
+                    update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.QUEUED.value)
+                    .values(status=JobStatus.KILLED.value, reason=f"its task is broken: {why}", ended_at=now)
+                ).rowcount
+                session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0, updated_at=now))
             running = session.scalars(
                 select(Task.id).where(Task.status == TaskStatus.RUNNING.value, Task.n_queued == 0,
                                       Task.request.is_(None))

@@ -6,11 +6,13 @@ Kubernetes pod watch calling `Waker.poke`, or a backend that asks to be polled) 
 pass (`Scheduler.cycle(full=False)`): the freed slot is refilled within milliseconds instead of at
 the next interval, while the full cycle keeps its own schedule.
 
-`--once` runs one cycle (cron), `--until-idle` cycles until nothing is queued or running (small
-installs, tests, demos). SIGTERM and SIGINT finish the current step and stop cleanly.
+`--once` runs one cycle (cron), `--until-idle` cycles until nothing can run without a user's action
+(small installs, tests, demos; its last line says what remains). SIGTERM and SIGINT finish the
+current step and stop cleanly.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -22,14 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select as sql_select
+from sqlalchemy.exc import DBAPIError
 
 from orchestra.backends.base import BackendUnavailable
+from orchestra.db import faults
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
 from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
 from orchestra.scheduler.lease import LeaseLost
 from orchestra.services.context import WAKEUP_CHANNEL, Context
-from orchestra.states import ACTIVE_TASK, LIVE_ATTEMPT
+from orchestra.services.status import Heartbeat
+from orchestra.states import LIVE_ATTEMPT, TaskStatus
 
 log = logging.getLogger("orchestra.scheduler")
 OUTAGE_MAX_WAIT = 60.0  # seconds between tries while a backend stays unavailable
@@ -55,6 +60,7 @@ class Waker:
         self.ctx = ctx
         self.poll = poll
         self.stop = False
+        self.stop_signal = ""  # SIGTERM, SIGINT: for the stop line
         self._lock = threading.Lock()
         self._closed = False
         self._read, self._write = os.pipe()
@@ -63,10 +69,28 @@ class Waker:
         self._listener = None
         self._counter = self.counter()
         if not is_sqlite(ctx.engine):
-            raw = ctx.engine.raw_connection()
-            raw.set_isolation_level(0)  # autocommit: LISTEN takes effect at once
-            raw.cursor().execute(f"LISTEN {WAKEUP_CHANNEL}")
-            self._listener = raw
+            self._listen()
+
+    def _listen(self) -> None:
+        """A connection of its own that LISTENs for the CLIs' NOTIFY (PostgreSQL); None while the
+        server is away (retried on each wait)."""
+        try:
+            raw = self.ctx.engine.raw_connection()
+            raw.driver_connection.set_isolation_level(0)  # type: ignore[union-attr]  # autocommit: LISTEN at once
+            raw.driver_connection.cursor().execute(f"LISTEN {WAKEUP_CHANNEL}")  # type: ignore[union-attr]
+        except DBAPIError:
+            return
+        except Exception:  # noqa: BLE001 - a raw psycopg2 error before SQLAlchemy wraps it
+            return
+        self._listener = raw
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.invalidate()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001
+                pass
+            self._listener = None
 
     def counter(self) -> int:
         with self.ctx.engine.connect() as conn:
@@ -78,8 +102,9 @@ class Waker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
 
-    def _on_stop(self, *_: object) -> None:
+    def _on_stop(self, signum: int = 0, *_: object) -> None:
         self.stop = True
+        self.stop_signal = signal.Signals(signum).name if signum else "a stop signal"
 
     def poke(self) -> None:
         """Wake `wait` from any thread ("event": a short pass follows). Safe after `close`: the
@@ -99,8 +124,13 @@ class Waker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "interval"
+            poll = self.poll
+            if self._listener is None and not is_sqlite(self.ctx.engine):
+                self._listen()  # after an outage: NOTIFYs wake us again once the server is back
+                if self._listener is None:
+                    poll = min(poll, 1.0)  # the server is still away: try again soon
             fds = [self._read] + ([self._listener.driver_connection] if self._listener else [])  # type: ignore[attr-defined]
-            ready, _, _ = select.select(fds, [], [], min(left, self.poll))
+            ready, _, _ = select.select(fds, [], [], min(left, poll))
             if self._read in ready:
                 got = b""
                 try:
@@ -111,11 +141,20 @@ class Waker:
                 return "event" if got and not got.strip(POKE) else "signal"
             if self._listener is not None and ready:
                 conn = self._listener.driver_connection  # type: ignore[attr-defined]
-                conn.poll()
+                try:
+                    conn.poll()
+                except Exception as exc:  # noqa: BLE001 - the server went away: listen again later
+                    log.warning("lost the LISTEN connection (%s); listening again when the database is back",
+                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    self._drop_listener()
+                    return "notify"  # a full cycle: it finds out whether the database is back
                 if conn.notifies:
                     conn.notifies.clear()
                     return "notify"
-            value = self.counter()
+            try:
+                value = self.counter()
+            except DBAPIError:
+                continue  # the database is away: the cycle's backoff reports it
             if value != self._counter:
                 self._counter = value
                 return "change"
@@ -157,14 +196,56 @@ class PassSummary:
         self.reset()
 
 
-def is_idle(ctx: Context) -> bool:
-    """Nothing left to do: no active task and no live attempt."""
+def idle_summary(ctx: Context) -> str | None:
+    """`--until-idle`'s last line once nothing can run without a user's action, else None.
+
+    Not idle while there is a live attempt, a pending kill or delete, a registered task (the next
+    full cycle expands it), queued jobs of a scouting or running task in a queue with slots, or
+    queued jobs of a broken task (the next pass kills them). Read right after a pass, whose task
+    step has settled every other scouting or running task. The line says what remains, e.g.
+    `idle: 2 tasks broken, 1 killed; nothing can run without a user's action`.
+    """
+    with_slots = {(c.name, q.name) for c in ctx.settings.clusters.values() for q in c.queues.values() if q.slots}
     with ctx.engine.connect() as conn:
-        active = conn.execute(sql_select(func.count()).select_from(Task).where(
-            Task.status.in_([s.value for s in ACTIVE_TASK]) | Task.request.is_not(None))).scalar()
-        live = conn.execute(sql_select(func.count()).select_from(Attempt).where(
-            Attempt.status.in_([s.value for s in LIVE_ATTEMPT]))).scalar()
-    return not active and not live
+        if conn.execute(sql_select(func.count()).select_from(Attempt).where(
+                Attempt.status.in_([s.value for s in LIVE_ATTEMPT]))).scalar():
+            return None
+        rows = conn.execute(
+            sql_select(Task.status, Task.cluster, Task.queue, func.count(), func.count(Task.request),
+                       func.sum(Task.n_queued))
+            .where(Task.status != TaskStatus.COMPLETED.value).group_by(Task.status, Task.cluster, Task.queue)).all()
+    remaining: Counter[str] = Counter()
+    unrunnable = 0  # queued jobs in a queue without slots (or not configured)
+    for status, cluster, queue, n, requests, queued in rows:
+        runnable = queued and (status == TaskStatus.BROKEN or (
+            status in (TaskStatus.SCOUTING, TaskStatus.RUNNING) and (cluster, queue) in with_slots))
+        if requests or status == TaskStatus.REGISTERED or runnable:
+            return None
+        remaining[status] += n
+        unrunnable += queued or 0
+    listed = [(status, remaining[status]) for status in TaskStatus if remaining[status]]
+    if not listed:
+        return "idle: nothing queued or running"
+    parts = [f"{n} {('task ' if n == 1 else 'tasks ') if i == 0 else ''}{status}"
+             for i, (status, n) in enumerate(listed)]
+    stuck = f"; {unrunnable} queued job(s) in queues without slots" if unrunnable else ""
+    return f"idle: {', '.join(parts)}{stuck}; nothing can run without a user's action"
+
+
+def is_idle(ctx: Context) -> bool:
+    """Nothing can run without a user's action (see `idle_summary`)."""
+    return idle_summary(ctx) is not None
+
+
+def wait_beating(waker: Waker, seconds: float, heartbeat: Heartbeat) -> str:
+    """`waker.wait(seconds)`, writing the heartbeat (which renews the lease) at least every
+    `heartbeat.every` seconds meanwhile: an idle scheduler stays visibly alive."""
+    deadline = time.monotonic() + seconds
+    while True:
+        woke = waker.wait(min(max(0.0, deadline - time.monotonic()), heartbeat.every))
+        if woke != "interval" or time.monotonic() >= deadline:
+            return woke
+        heartbeat.beat()
 
 
 def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) -> int:
@@ -176,11 +257,15 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
     if not options.once:
         scheduler.set_wakeup(waker.poke)  # e.g. the Kubernetes pod watch: a pod ended
     announced = False
+    heartbeat = Heartbeat(scheduler.tx, ctx.settings.scheduler.lease_ttl)
+    started = clean = False  # clean: a stop that sets `stopped` (a signal, --until-idle idle)
+    stop_reason = ""
     try:
         while not scheduler.lease.try_acquire():
             holder, expires = scheduler.lease.current()
             if options.once:
                 say(f"another scheduler ({holder}) holds the lease until {time.ctime(expires)}; skipping this cycle")
+                stop_reason = "--once: another scheduler holds the lease"
                 return 0
             if not announced:
                 say(f"waiting: another scheduler ({holder}) is active; taking over if it stops")
@@ -188,6 +273,8 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             if waker.wait(min(5.0, ctx.settings.scheduler.lease_ttl / 3)) == "stop":
                 return 0
         say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
+        heartbeat.start()
+        started = True
         for name, cluster in ctx.settings.clusters.items():
             describe = getattr(scheduler.backend(name), "describe", None) if cluster.backend == "local" else None
             if describe is not None:
@@ -203,13 +290,15 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             full = woke in ("start", "notify", "change") or time.monotonic() >= next_full
             try:
                 report: CycleReport = scheduler.cycle(full=full)
-            except BackendUnavailable as exc:
-                if options.once:
+            except (BackendUnavailable, DBAPIError) as exc:
+                if options.once or (isinstance(exc, DBAPIError) and not faults.is_outage(exc)):
                     raise
                 # Every step commits before the backend call that depends on it, so an interrupted
-                # cycle loses nothing; the next one (full, after a backoff) carries on.
+                # cycle loses nothing; the next one (full, after a backoff) carries on. A database
+                # fault (lock timeout, server restart, full disk) is an outage like a backend's.
                 outage = min(OUTAGE_MAX_WAIT, max(1.0, outage * 2))
-                say(f"cycle interrupted: {exc}; next try in {outage:.0f} s")
+                why = faults.describe(exc) if isinstance(exc, DBAPIError) else str(exc)
+                say(f"cycle interrupted: {why}; next try in {outage:.0f} s")
                 next_full = 0.0
                 woke = waker.wait(outage)
                 continue
@@ -221,11 +310,12 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
                 say(report.line())
             else:
                 passes.add(report, say)
+            heartbeat.beat(full=full)  # at most one write per second for short passes
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break
-            if options.until_idle and is_idle(ctx):
+            if options.until_idle and (idle := idle_summary(ctx)) is not None:
                 passes.flush(say)
-                say("idle: nothing queued or running")
+                say(idle)  # what remains, waiting for a user's action
                 break
             wait = max(0.0, next_full - time.monotonic())
             if options.until_idle:
@@ -233,13 +323,26 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             poll = scheduler.poll_after()
             if poll is not None:
                 wait = min(wait, poll)
-            woke = waker.wait(wait)
+            woke = wait_beating(waker, wait, heartbeat)
         passes.flush(say)
+        clean = not options.once
+        if not waker.stop:
+            stop_reason = ("--once: cycle done" if options.once
+                           else f"{cycles} cycle(s) done" if options.max_cycles and cycles >= options.max_cycles
+                           else "--until-idle: idle")
         return 0
     except LeaseLost as exc:
-        say(f"stopping: {exc}")
+        stop_reason = f"lease lost ({exc})"
         return 3
+    except Exception as exc:
+        stop_reason = f"error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+        raise
     finally:
+        if started and clean:
+            with contextlib.suppress(LeaseLost):
+                heartbeat.stop()  # still under the lease: `stopped` says when
+        stop_reason = stop_reason or (f"{waker.stop_signal} received" if waker.stop else "interrupted")
+        say(f"scheduler {scheduler.lease.holder} stopped: {stop_reason}")
         scheduler.lease.release()
         scheduler.close()
         waker.close()

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import OrchestraError, PermissionDenied
-from orchestra.states import LIVE_JOB, JobStatus, TaskStatus
+from orchestra.states import LIVE_JOB, JobStatus, TaskStatus, retry_status
 
 PENDING = (JobStatus.HELD.value, JobStatus.QUEUED.value)
 REDO = (JobStatus.FAILED.value, JobStatus.KILLED.value)
@@ -78,21 +78,29 @@ def kill(session: Session, task_id: int, by: str) -> str | None:
 
 
 def retry(session: Session, task_id: int, by: str) -> int:
-    """Re-queue failed and killed jobs (scouts only, the rest held, while unreleased); their count."""
+    """Re-queue failed and killed jobs (scouts only, the rest held, while unreleased); their count.
+
+    A task without job rows (killed or broken before its expansion) goes back to REGISTERED: the
+    scheduler expands it again (0 jobs re-queued). See `states.retry_status`.
+    """
     if not is_sqlite(session.connection()):
         return int(_call(session, func.orchestra_task_retry(task_id, by)))  # type: ignore[arg-type]
     now = time.time()
     task = session.execute(select(Task.released_at, Task.bypass, Task.n_scouts).where(Task.id == task_id)).one()
+    has_jobs = bool(session.scalar(select(exists().where(Job.task_id == task_id))))
+    status = retry_status(has_jobs, task.released_at is not None, not task.bypass and task.n_scouts > 0)
+    if status == TaskStatus.REGISTERED:
+        session.execute(update(Task).where(Task.id == task_id).values(
+            n_queued=0, status=status.value, reason=None, released_at=None, finished_at=None, updated_at=now))
+        return 0
     fresh = {"failures": 0, "reason": None, "exit_code": None, "queued_at": now}
     mine = (Job.task_id == task_id, Job.status.in_(REDO))
-    if task.released_at is None and not task.bypass and task.n_scouts > 0:
+    if status == TaskStatus.SCOUTING:
         n = session.execute(update(Job).where(*mine, Job.is_scout.is_(True))
                             .values(status=JobStatus.QUEUED.value, **fresh)).rowcount
         session.execute(update(Job).where(*mine, Job.is_scout.is_(False)).values(status=JobStatus.HELD.value, **fresh))
-        status = TaskStatus.SCOUTING
     else:
         n = session.execute(update(Job).where(*mine).values(status=JobStatus.QUEUED.value, **fresh)).rowcount
-        status = TaskStatus.RUNNING
     session.execute(update(Task).where(Task.id == task_id).values(
         n_queued=Task.n_queued + n, status=status.value, reason=None, finished_at=None, updated_at=now))
     return n

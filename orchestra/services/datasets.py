@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestra.db.bulk import bulk_insert
@@ -94,7 +95,11 @@ def register(ctx: Context, name: str, raw_path: str, cluster: str) -> DatasetInf
             n_files=len(files), total_size=sum(size for _, size in files), created_at=now,
         )
         session.add(dataset)
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:  # the same name, registered by another command in the meantime
+            raise OrchestraError(f"dataset name {name!r} already taken (just now, by another command); "
+                                 "choose another name") from None
         dataset_id = dataset.id
         bulk_insert(session, DatasetFile.__table__, ("dataset_id", "position", "path", "size"),
                     [(dataset_id, i, p, size) for i, (p, size) in enumerate(files)])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestra import expansion
@@ -23,7 +24,7 @@ from orchestra.security.privileged import remove_task_rows  # noqa: F401  (the s
 from orchestra.services import datasets
 from orchestra.services.context import Context
 from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
-from orchestra.states import FINAL_JOB, LIVE_JOB, JobStatus, TaskStatus
+from orchestra.states import FINAL_JOB, LIVE_JOB, JobStatus, TaskAction, TaskStatus, user_move
 
 DRY_RUN_SHOWN = 5
 
@@ -124,7 +125,11 @@ def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedT
             now = time.time()
             values.update(status=TaskStatus.REGISTERED.value, n_queued=0, output_root=root,
                           created_at=now, updated_at=now)
-        task_id = session.execute(insert(Task).values(**values).returning(Task.id)).scalar_one()
+        try:
+            task_id = session.execute(insert(Task).values(**values).returning(Task.id)).scalar_one()
+        except IntegrityError:  # the same name, created by another command in the meantime
+            raise OrchestraError(f"task name {req.name!r} already taken (just now, by another command); "
+                                 "choose another name") from None
         ctx.audit(session, "task create", req.name)
         ctx.wake_scheduler(session)
         return CreatedTask(task_id, req.name, config.n_files, n_scouts, queue, cluster.name, first)
@@ -250,29 +255,38 @@ def kill(ctx: Context, ref: str) -> tuple[str, str | None]:
     Returns the task's name and its request ('kill' while live jobs remain to be stopped)."""
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
-        if task.status in (TaskStatus.COMPLETED, TaskStatus.PARTIAL, TaskStatus.BROKEN, TaskStatus.KILLED):
-            raise OrchestraError(f"task {task.name!r} is already {task.status}; nothing to kill")
+        user_move(task.status, TaskAction.KILL, task.name)  # refused when already final
         request = privileged.kill(session, task.id, ctx.user)
         ctx.audit(session, "task kill", task.name)
         ctx.wake_scheduler(session)
         return task.name, request
 
 
-def retry(ctx: Context, ref: str) -> int:
-    """Re-queue failed and killed jobs (with a fresh retry budget); a BROKEN task scouts again."""
+@dataclass(frozen=True)
+class Retried:
+    """What a retry did: jobs re-queued, and the task's state now (`states.retry_status`)."""
+
+    name: str
+    n_queued: int
+    status: str
+
+
+def retry(ctx: Context, ref: str) -> Retried:
+    """Re-queue failed and killed jobs (with a fresh retry budget); a BROKEN task scouts again; a
+    task that never got its jobs (killed or broken before expansion) is REGISTERED again."""
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
         if task.request:
             raise OrchestraError(f"task {task.name!r} is still being stopped ({task.request}); retry in a moment")
-        if task.status == TaskStatus.REGISTERED:
-            raise OrchestraError(f"task {task.name!r} has not started yet; nothing to retry")
-        scouting_again = task.released_at is None and not task.bypass and task.n_scouts > 0
+        move = user_move(task.status, TaskAction.RETRY, task.name)
         n_queued = privileged.retry(session, task.id, ctx.user)
-        if n_queued == 0 and not scouting_again:
-            raise OrchestraError(f"task {task.name!r} has no failed or killed jobs; nothing to retry")
+        if n_queued == 0 and move.needs_redo:
+            raise OrchestraError(f"task {task.name!r} is {task.status} and has no failed or killed jobs; "
+                                 "nothing to retry")
+        status = session.scalar(select(Task.status).where(Task.id == task.id)) or ""
         ctx.audit(session, "task retry", task.name)
         ctx.wake_scheduler(session)
-        return n_queued
+        return Retried(task.name, n_queued, status)
 
 
 def delete_task(ctx: Context, ref: str, *, purge: bool = False) -> bool:
@@ -282,6 +296,7 @@ def delete_task(ctx: Context, ref: str, *, purge: bool = False) -> bool:
     """
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
+        user_move(task.status, TaskAction.DELETE, task.name)  # allowed in every state
         name, cluster, owner_id = task.name, task.cluster, task.owner_id
         owner = session.scalar(select(User.name).where(User.id == owner_id))
         gone = privileged.delete_task(session, task.id, purge, ctx.user)

@@ -148,6 +148,8 @@ def frozen(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (base / "home").mkdir()
     owner = create_engine(url)
     ids = populate(url, owner, base / "storage", write_config(base / "orchestra.toml", base / "storage"), base / "home")
+    with owner.begin() as conn:  # a heartbeat, as a running service leaves it: not the users' to forge
+        conn.execute(text("INSERT INTO change_counter (name, value) VALUES ('heartbeat', 1)"))
     yield Frozen(url, owner, ids)
     owner.dispose()
     with server.connect() as conn:
@@ -213,6 +215,7 @@ ATTACKS = [
     ("plant a function in the schema", "CREATE FUNCTION public.orchestra_uid() RETURNS bigint LANGUAGE sql AS 'SELECT 1'"),
     ("empty the tasks table", "TRUNCATE tasks CASCADE"),
     ("rename the wake-up counter", "UPDATE change_counter SET name = 'x'"),
+    ("forge the scheduler's heartbeat", "UPDATE change_counter SET value = 99999999999999 WHERE name <> 'cli'"),
     ("rewrite the schema version", "UPDATE alembic_version SET version_num = '0001'"),
 ]
 
