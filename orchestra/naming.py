@@ -5,19 +5,26 @@ import re
 
 from orchestra.errors import OrchestraError, PermissionDenied
 
-_NAME = re.compile(r"^user\.([a-z_][a-z0-9_-]*)\.([A-Za-z0-9][A-Za-z0-9._-]*)$", re.IGNORECASE)
+_NAME = re.compile(r"user\.([a-z_][a-z0-9_-]*)\.([A-Za-z0-9][A-Za-z0-9._-]*)", re.IGNORECASE)  # fullmatch
 MAX_NAME = 200
+MAX_OWNER = 63  # a login: security.identity.USER_NAME, PostgreSQL's role names; users.name is String(64)
 
 
 def owner_of(name: str, kind: str = "dataset") -> str:
     """The owner encoded in a name, or a one-line error showing the expected form."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)  # not match(): `$` would accept a trailing newline
     if not match or len(name) > MAX_NAME:
         raise OrchestraError(
             f"{kind} name {name!r} is not of the form user.<owner>.<name> "
             f"(letters, digits, '.', '_', '-'; e.g. user.jodafons.my_{kind})"
         )
-    return match.group(1)
+    owner = match.group(1)
+    if len(owner) > MAX_OWNER:
+        raise OrchestraError(
+            f"{kind} name {name!r} names an owner of {len(owner)} characters, but a user name has at most "
+            f"{MAX_OWNER}; name it user.<your login>.<name>"
+        )
+    return owner
 
 
 def check_ownership(name: str, user: str, kind: str, *, admin: bool = False) -> str:

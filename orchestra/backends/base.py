@@ -51,6 +51,9 @@ class Launched:
     started_at: float | None = None
     error: str | None = None  # set when the create was refused for good (e.g. bad spec, forbidden)
     final: bool = False  # the refusal is the task's, not this attempt's (an owner with no account): no retry
+    # The refusal is the cluster's, not the job's (storage full or gone, fork refused): the job goes
+    # back to the queue uncharged and its queue is held until a probe launch succeeds (scheduler/holds.py).
+    infra: bool = False
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,11 @@ exit $rc
 """
 
 ADOPTED_POLL = 1.0  # seconds between looks at adopted processes (their end sends us no SIGCHLD)
+# Launch failures that are the cluster's, not the job's (`Launched.infra`): the storage full, over
+# quota, read-only or failing; the kernel out of processes or memory (fork refused). ENOENT and
+# ENOTDIR count only when the storage itself is not there (not mounted).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+SYSTEM_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM})
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -221,7 +226,7 @@ class LocalBackend:
             return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc}")
         except OSError as exc:
             _close(folder)
-            return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc.strerror}")
+            return self._refused(spec.backend_name, exc, f"cannot prepare {state}")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -230,11 +235,17 @@ class LocalBackend:
             if os.path.lexists(state / "exit") or os.path.lexists(state / "pid"):
                 return self._adopt(spec.backend_name, state)  # ran before: never run it twice
             try:
+                self._probe_storage(folder, state)
+            except UntrustedPath as exc:
+                return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc}")
+            except OSError as exc:
+                return self._refused(spec.backend_name, exc, f"cannot prepare {state}")
+            try:
                 join = self.containment.prepare(
                     spec.backend_name, pids_max=self.settings.scheduler.max_job_pids or None,
                     memory_max=parse_quantity(spec.queue.memory) if spec.queue.memory else None)
             except OSError as exc:
-                return Launched(spec.backend_name, error=f"cannot contain the job: {exc.strerror or exc}")
+                return self._refused(spec.backend_name, exc, "cannot contain the job", storage_io=False)
             self._prepare_owner_dir(spec)
             env = job_environment(os.environ, home=home, user=user)
             env.update(
@@ -254,7 +265,7 @@ class LocalBackend:
                 env=env, start_new_session=True, close_fds=True,
             )
         except OSError as exc:
-            return Launched(spec.backend_name, error=f"cannot start /bin/sh: {exc.strerror}")
+            return self._refused(spec.backend_name, exc, "cannot start /bin/sh")
         finally:
             _close(log_fd)
             _close(folder)
@@ -267,6 +278,31 @@ class LocalBackend:
             spec.backend_name, host=self.host, pid=child.pid, pid_start=process_start_time(child.pid),
             started_at=time.time(),
         )
+
+    def _refused(self, name: str, exc: OSError, what: str, *, storage_io: bool = True) -> Launched:
+        """A launch refused by an OSError: the cluster's failure (`infra`: the job goes back to the
+        queue uncharged, its queue is held) when the storage or the system refused, else the attempt's.
+        `storage_io`: the failed call may have touched the storage (not so for the cgroups)."""
+        why = exc.strerror or str(exc)
+        storage = self.cluster.storage
+        if storage_io and exc.errno in STORAGE_ERRNOS:
+            return Launched(name, error=f"cannot start jobs: {why} on the storage {storage}", infra=True)
+        if storage_io and exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(storage):
+            return Launched(name, error=f"cannot start jobs: the storage {storage} is missing, not mounted?",
+                            infra=True)
+        if exc.errno in SYSTEM_ERRNOS or exc.errno in STORAGE_ERRNOS:
+            return Launched(name, error=f"cannot start jobs: {what}: {why}", infra=True)
+        return Launched(name, error=f"{what}: {why}")
+
+    def _probe_storage(self, folder: int, state: Path) -> None:
+        """Write a few bytes in the attempt's state directory (who launched it, when): a full, over
+        quota or read-only storage refuses them here, before the job runs, and not later, when its
+        supervisor could not record its pid and exit status (the job would run, then be lost)."""
+        fd = open_in(folder, "launched", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, shown=state / "launched")
+        try:
+            os.write(fd, f"{self.host} {os.getpid()} {time.time():.3f}\n".encode())
+        finally:
+            os.close(fd)  # a network storage may report a full disk only here
 
     def _prepare_owner_dir(self, spec: LaunchSpec) -> None:
         """`<storage>/<owner>` made for the owner (0750) when it does not exist, so the job (as

@@ -125,8 +125,12 @@ def _num(value: float | None) -> str:
 
 def queue_table(report: QueueReport, per_job: bool = False) -> None:
     """`maestro queue`: pending work in dispatch order (per queue), the priority and why it waits."""
-    state = ", ".join(f"{q.cluster}/{q.queue} {q.busy} of {q.slots} slots in use" for q in report.queues)
+    state = ", ".join(f"{q.cluster}/{q.queue} {q.busy} of {q.slots} slots in use{' (HELD)' if q.held else ''}"
+                      for q in report.queues)
     console.print(f"queues: {state}", markup=False)
+    for q in report.queues:
+        if q.held:
+            console.print(q.held, markup=False)
     if report.run_as_note:
         console.print(report.run_as_note, markup=False)
     table = Table()
@@ -303,6 +307,11 @@ def status(report: StatusReport) -> None:
         console.print("holds:", markup=False)
         for h in report.holds:
             since = f" since {when(h.since)}" if h.since else ""
-            console.print(f"  {h.kind} {h.target}{since}: {h.reason}", markup=False)
+            tries = f"; {h.tries} launch(es) refused" if h.tries else ""
+            after = ""
+            if h.next_try is not None:
+                left = h.next_try - live.now
+                after = f"; next try in {ago(left)}" if left >= 1 else "; next try at the next cycle"
+            console.print(f"  {h.kind} {h.target}{since}: {h.reason}{tries}{after}", markup=False)
     else:
         console.print("holds            none", markup=False)

@@ -6,8 +6,10 @@ upgraded by the admin (`orchestra db upgrade`), since many clients share it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import re
 import stat
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from orchestra.errors import OrchestraError
 from orchestra.secrets import mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0005"  # the newest migration; a test checks it matches the scripts
+HEAD_REVISION = "0006"  # the newest migration; a test checks it matches the scripts
 
 
 def busy_seconds() -> float:
@@ -99,11 +101,79 @@ def _who(uid: int) -> str:
         return f"uid {uid}"
 
 
+# Kernel and device pseudo-filesystems: SQLite cannot keep a database (or its -wal, -shm) there.
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "efivarfs", "fusectl", "binfmt_misc", "mqueue", "hugetlbfs", "autofs",
+    "nsfs", "selinuxfs", "rpc_pipefs",
+})
+KERNEL_TREES = ("/proc", "/sys")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _shown(path: Path | str) -> str:
+    """A path for a one-line message: as is, or repr() when it holds a newline or another control."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _unusable(path: Path | str, why: str) -> OrchestraError:
+    return OrchestraError(f"cannot use {_shown(path)} as a database file: {why}; "
+                          "choose a path on a writable filesystem (e.g. sqlite:////home/<you>/orchestra.db)")
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem mounted where `path` (absolute, resolved) lives, from
+    /proc/self/mountinfo: the longest mount point above it, the last one mounted there wins.
+    None where the kernel does not say (not Linux, /proc not mounted)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
+            lines = mounts.readlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or "-" not in fields[6:]:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 = space
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[fields.index("-", 6) + 1]
+    return kind
+
+
+def check_database_path(path: Path) -> None:
+    """Refuse, in one line, a database path that cannot be an SQLite file: an existing directory,
+    device, pipe or socket (never chmod-ed or written to: `sqlite:////dev/null` or `sqlite:////tmp`
+    as root used to make them 0600), anything on a kernel pseudo-filesystem (/proc, /sys, /dev),
+    and anything under /proc or /sys."""
+    where = os.path.realpath(path)
+    try:
+        info = os.stat(where)
+    except OSError:
+        info = None  # missing (created later) or unreadable (secure_sqlite_file names the reason)
+    if info is not None:
+        for test, kind in _FILE_KINDS:
+            if test(info.st_mode):
+                raise _unusable(path, f"it is {kind}, not a regular file")
+    resolved = "" if where == str(path) else f" ({_shown(where)})"
+    kind = filesystem_type(where)
+    if kind in PSEUDO_FILESYSTEMS:
+        raise _unusable(path, f"it is on the kernel's {kind} pseudo-filesystem{resolved}, which cannot hold a database")
+    for top in KERNEL_TREES:  # whatever is mounted there (a container's tmpfs on /sys/fs/cgroup)
+        if where == top or where.startswith(top + "/"):
+            raise _unusable(path, f"it is under {top}{resolved}, the kernel's interface, not a place for files")
+
+
 def secure_sqlite_file(path: Path) -> None:
     """SQLite is the personal mode: the database file belongs to one OS user and only they may
     read it. Before SQLAlchemy touches it, the file is created 0600 (SQLite gives its -wal and
     -shm files the database file's mode), a file of ours with group/other bits is tightened to
-    0600, and a file of another user is refused with one line, before any connection is tried."""
+    0600, and a file of another user is refused with one line, before any connection is tried.
+    Only a regular file is ever chmod-ed (check_database_path refuses anything else first)."""
+    check_database_path(path)
     problem = "cannot use the SQLite database {path}: {why}; " + SINGLE_USER
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,20 +185,25 @@ def secure_sqlite_file(path: Path) -> None:
             pass
         info = os.stat(path)
     except OSError as exc:
-        raise OrchestraError(problem.format(path=path, why=exc.strerror or exc)) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):  # another user's directory: the single-user rule
+            raise OrchestraError(problem.format(path=_shown(path), why=exc.strerror or exc)) from None
+        raise _unusable(path, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(info.st_mode):  # replaced since check_database_path looked
+        raise _unusable(path, "it is not a regular file")
     me = os.geteuid()
     if info.st_uid != me:
         raise OrchestraError(
-            f"the SQLite database {path} belongs to {_who(info.st_uid)}, not to you, {_who(me)}: " + SINGLE_USER)
+            f"the SQLite database {_shown(path)} belongs to {_who(info.st_uid)}, not to you, {_who(me)}: "
+            + SINGLE_USER)
     for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
             found = info if candidate == path else os.stat(candidate)
-            if found.st_uid == me and stat.S_IMODE(found.st_mode) & 0o077:
+            if found.st_uid == me and stat.S_ISREG(found.st_mode) and stat.S_IMODE(found.st_mode) & 0o077:
                 os.chmod(candidate, 0o600)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise OrchestraError(problem.format(path=candidate, why=exc.strerror or exc)) from None
+            raise OrchestraError(problem.format(path=_shown(candidate), why=exc.strerror or exc)) from None
 
 
 def is_sqlite(bind: Engine | Connection) -> bool:

@@ -222,3 +222,22 @@ class Installation(Base):
 
     __tablename__ = "installation"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class QueueHold(Base):
+    """A queue of a cluster in which the scheduler starts nothing for now, and why (migration 0006).
+
+    The scheduler holds a queue when the cluster could not start a job in it for a reason that is
+    not the job's (storage full or gone, fork refused): the job went back to the queue uncharged.
+    After `retry_at` one launch probes the queue; a success clears the hold, a failure doubles the
+    backoff. Written only by the scheduler; every user reads it (`maestro queue`, `orchestra status`).
+    """
+
+    __tablename__ = "queue_holds"
+    cluster: Mapped[str] = mapped_column(String(64), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[float] = mapped_column(Float)
+    retry_at: Mapped[float] = mapped_column(Float)  # no launch there before this (epoch s); then one probe
+    backoff: Mapped[float] = mapped_column(Float)  # seconds until the next probe after a failed one
+    tries: Mapped[int] = mapped_column(Integer, default=1)  # failed launches (the first one and the probes)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
@@ -32,7 +32,7 @@ from orchestra.db.bulk import bulk_insert, bulk_update, one_of
 from orchestra.db.models import Attempt, Installation, Job, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.paths import UntrustedPath, trusted_output_root, state_root
-from orchestra.scheduler import crashpoints
+from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.heads import queue_heads
@@ -145,6 +145,9 @@ class Scheduler:
         self.clock = time.time
         self.next_deadline: float | None = None  # earliest max-time end of a live attempt (epoch s)
         self.wakeup: Callable[[], None] | None = None
+        # The queues held because their cluster could not start a job (scheduler/holds.py): read
+        # from the database at every fill step, kept up to date by the launches' acknowledgements.
+        self.holds: dict[holds.Key, holds.HoldState] = {}
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -219,8 +222,11 @@ class Scheduler:
         healthy announces them (see `set_wakeup`), one without asks to be polled.
         """
         waits = [getattr(b, "poll_after", lambda: None)() for b in self.backends.values()]
+        now = self.clock()
         if self.next_deadline is not None:  # a --max-time runs out: no backend event will say so
-            waits.append(max(0.0, self.next_deadline - self.clock()) + DEADLINE_SLACK)
+            waits.append(max(0.0, self.next_deadline - now) + DEADLINE_SLACK)
+        # A held queue's backoff runs out: the pass that follows sends its probe launch.
+        waits += [h.retry_at - now + DEADLINE_SLACK for h in self.holds.values() if h.retry_at > now]
         waits = [w for w in waits if w is not None]
         return min(waits) if waits else None
 
@@ -598,7 +604,10 @@ class Scheduler:
             backend = self.backend(cluster)
             launched = backend.launch(cluster_specs)
             crashpoint("after-launch")
-            self._acknowledge(cluster_specs, launched, report, accepted_only=getattr(backend, "starts_pending", False))
+            put_back = self._acknowledge(cluster_specs, launched, report,
+                                         accepted_only=getattr(backend, "starts_pending", False))
+            if put_back:
+                backend.release(put_back)  # whatever the refused launch left (e.g. a prepared cgroup)
 
     def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:
         """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy.
@@ -607,6 +616,7 @@ class Scheduler:
         and `maestro job why`, so what users are told is what this step decides.
         """
         view = policy_input(session, self.settings, now)
+        self.holds = dict(view.holds)
         if not view.tasks or not view.free.any():
             return []
         take = fairshare.allocate(view.inp, self.settings.fairshare, slot_seconds=self.settings.scheduler.interval)
@@ -664,17 +674,32 @@ class Scheduler:
         return roots
 
     def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport,
-                     accepted_only: bool = False) -> None:
+                     accepted_only: bool = False) -> list[str]:
         """Record what the backend started; a refused create fails the attempt (and maybe the job).
 
         `accepted_only` (a backend whose objects wait before they run: a pod is Pending until a node
         takes it): the attempts stay `starting`; the survey moves them to `running` when they run,
         and meanwhile notes why they wait (Unschedulable, ImagePullBackOff...).
+
+        A create refused for the cluster's own reason (`Launched.infra`: storage full, fork refused)
+        is not the job's fault: the job goes back to the queue uncharged (`_put_back`) and its queue
+        is held until a probe launch succeeds (scheduler/holds.py); a launch that succeeds in a held
+        queue clears its hold. Returns the backend names put back (the caller releases them).
         """
         now = self.clock()
         ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
-        refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None]
+        infra = [(s, l) for s, l in zip(specs, launched) if l.error is not None and l.infra]
+        refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None and not l.infra]
+        failing: dict[holds.Key, str] = {}
+        for s, l in infra:
+            failing.setdefault((s.cluster.name, s.queue.name), l.error)
+        started = {(s.cluster.name, s.queue.name) for s, _ in ok} & set(self.holds)
+        outcome = None
         with self.tx() as session:
+            if infra:
+                self._put_back(session, infra, report)
+            if failing or started:
+                outcome = holds.record(session, failing, started, now)
             if ok and not accepted_only:
                 bulk_update(session, ATTEMPTS, [
                     {"backend_name": s.backend_name, "host": l.host, "pid": l.pid, "pid_start": l.pid_start,
@@ -688,3 +713,30 @@ class Scheduler:
                 endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now, final=l.final)
                            for s, l in refused if s.backend_name in live]
                 self._record_endings(session, endings, report)
+        if outcome is not None:  # committed: now the cache and the log
+            for key, hold in outcome.changed.items():
+                if hold is None:
+                    self.holds.pop(key, None)
+                else:
+                    self.holds[key] = hold
+            for level, line in outcome.lines:
+                log.log(level, line)
+        return [s.backend_name for s, _ in infra]
+
+    def _put_back(self, session: Session, launches: Sequence[tuple[LaunchSpec, Any]], report: CycleReport) -> None:
+        """Launches the cluster refused for a reason of its own: the attempt never was (its row goes,
+        the job's attempt count goes back, no failure, no usage; its reason stays what it was: the
+        hold is its queue's, and `maestro queue` / `maestro job why` say it), and the job is queued
+        again, at the head of its task's queue. Its next attempt reuses the same number, hence the
+        same backend name: a create that did reach the backend after all is adopted, never twice."""
+        gone = session.scalars(
+            delete(ATTEMPTS).where(one_of(session, ATTEMPTS.c.backend_name, [s.backend_name for s, _ in launches]),
+                                   ATTEMPTS.c.status == AttemptStatus.STARTING.value)
+            .returning(ATTEMPTS.c.job_id)).all()
+        rows = session.execute(
+            update(JOBS).where(one_of(session, JOBS.c.id, gone), JOBS.c.status == JobStatus.STARTING.value)
+            .values(status=JobStatus.QUEUED.value, attempts=JOBS.c.attempts - 1, started_at=None)
+            .returning(JOBS.c.id, JOBS.c.task_id)).all()
+        self._add_queued(session, Counter(r.task_id for r in rows))
+        report.counts["started"] -= len(launches)
+        report.counts["put back (queue held)"] += len(rows)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from orchestra.db.engine import is_sqlite
 from orchestra.errors import OrchestraError
 
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,62}")  # fullmatch: `$` would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Identity:
 
 
 def check_user_name(name: str, where: str) -> str:
-    if not USER_NAME.match(name):
+    if not USER_NAME.fullmatch(name):
         raise OrchestraError(
             f"{where} {name!r} is not a valid user name; use a login name: lower-case letters, digits, '_' "
             "or '-', starting with a letter or '_', at most 63 characters"

@@ -1,6 +1,7 @@
 """Datasets: register a file or a directory under a `user.<owner>.<name>` name, list, show, delete."""
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -35,19 +36,56 @@ class DatasetInfo:
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, int]]:
-    """Every regular file under `root`, recursively, in sorted path order (the job order)."""
-    stack = [root]
+    """Every regular file under `root`, recursively, in sorted path order (the job order).
+
+    Symbolic links are followed; one to a directory above it (a loop) is an OSError ELOOP naming
+    the link, at once, rather than after 40 levels of it."""
+    top = os.stat(root)
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(root, frozenset({(top.st_dev, top.st_ino)}))]
     found: list[tuple[str, int]] = []
     while stack:
-        directory = stack.pop()
+        directory, above = stack.pop()
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
+                    here = entry.stat(follow_symlinks=True)
+                    key = (here.st_dev, here.st_ino)
+                    if key in above:
+                        raise OSError(errno.ELOOP, "a symbolic link to a directory above it", entry.path)
+                    stack.append((Path(entry.path), above | {key}))
                 elif entry.is_file(follow_symlinks=True):
                     found.append((entry.path, entry.stat(follow_symlinks=True).st_size))
     found.sort()
     return iter(found)
+
+
+def _shown(path: Path | str) -> str:
+    """A path for a one-line message: as is, or its repr() when it holds a newline, another control
+    character or bytes that are not UTF-8 (then the repr of the name's bytes, as `ls -b` shows)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))
+    return text if text.isprintable() else repr(text)
+
+
+def check_utf8_names(paths: list[str]) -> None:
+    """Refuse a file whose name is not valid UTF-8 (os.fsdecode keeps such bytes as lone surrogates,
+    surrogateescape). The database stores text: PostgreSQL's UTF-8 cannot hold those bytes, and
+    SQLite's driver refuses to encode them; job commands, logs and pod specs are text too. So the
+    name is refused, in one line, before anything is written, rather than stored mangled."""
+    try:
+        "\0".join(paths).encode("utf-8")  # one pass; a million names cost a few milliseconds
+    except UnicodeEncodeError:
+        for path in paths:
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                raise OrchestraError(
+                    f"file name {os.fsencode(path)!r} is not valid UTF-8, which the database cannot store; "
+                    "rename it to a UTF-8 name (`mv`, or `convmv` for many) and register again"
+                ) from None
 
 
 def _resolve_path(ctx: Context, raw: str, cluster: str) -> Path:
@@ -55,13 +93,14 @@ def _resolve_path(ctx: Context, raw: str, cluster: str) -> Path:
     path = (Path.cwd() / path) if not path.is_absolute() else path
     path = Path(os.path.normpath(path))
     if not path.exists():
-        raise OrchestraError(f"path {raw!r} does not exist (resolved to {path}); give a file or directory that exists")
+        raise OrchestraError(f"path {raw!r} does not exist (resolved to {_shown(path)}); "
+                             "give a file or directory that exists")
     if not os.access(path, os.R_OK):
-        raise OrchestraError(f"path {path} is not readable; fix its permissions")
+        raise OrchestraError(f"path {_shown(path)} is not readable; fix its permissions")
     storage = ctx.settings.cluster(cluster).storage
     if ctx.settings.cluster(cluster).restrict_to_storage and not path.is_relative_to(storage):
         raise OrchestraError(
-            f"path {path} is outside cluster {cluster}'s storage {storage}; move it there so jobs can read it"
+            f"path {_shown(path)} is outside cluster {cluster}'s storage {storage}; move it there so jobs can read it"
         )
     return path
 
@@ -75,13 +114,16 @@ def register(ctx: Context, name: str, raw_path: str, cluster: str) -> DatasetInf
         try:
             files = list(walk_files(path))
         except OSError as exc:
-            raise OrchestraError(f"cannot list {path}: {exc.strerror}; fix its permissions") from None
+            where = exc.filename if isinstance(exc.filename, (str, bytes)) else path
+            fix = "remove that link" if exc.errno == errno.ELOOP else "fix its permissions"
+            raise OrchestraError(f"cannot list {_shown(os.fsdecode(where))}: {exc.strerror}; {fix}") from None
         if not files:
-            raise OrchestraError(f"directory {path} has no files; put the files in it first, then register it")
+            raise OrchestraError(f"directory {_shown(path)} has no files; put the files in it first, then register it")
     elif path.is_file():
         files = [(str(path), path.stat().st_size)]
     else:
-        raise OrchestraError(f"path {path} is neither a file nor a directory")
+        raise OrchestraError(f"path {_shown(path)} is neither a file nor a directory")
+    check_utf8_names([p for p, _ in files])
 
     now = time.time()
     with ctx.transaction() as session:

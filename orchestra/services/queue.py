@@ -64,6 +64,7 @@ class PolicyView:
     user_running: Counter[int] = field(default_factory=Counter)  # live attempts of every user, by user id
     user_charge: dict[int, float] = field(default_factory=dict)  # their charge per second, by user id
     unconfigured: list[Any] = field(default_factory=list)  # tasks with queued jobs in a queue not configured
+    holds: dict[tuple[str, str], Any] = field(default_factory=dict)  # scheduler.holds.HoldState by (cluster, queue)
 
 
 def queue_charge(settings: Settings, cluster: str, queue: str) -> float:
@@ -79,9 +80,12 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     Tasks: SCOUTING or RUNNING, with queued jobs, no pending kill/delete request, in a configured
     queue. Users: the owners of those tasks, with their usage decayed to `now`, share, live jobs
     (all queues) and their charge, and cap (User.max_running, else scheduler.max_running_per_user).
-    Queues: free = slots - live attempts. Reads the live attempts, the active tasks and their
-    owners: nothing per queued job.
+    Queues: free = slots - live attempts; a held queue (scheduler/holds.py) has none until its
+    backoff runs out, then at most one (the probe). Reads the live attempts, the active tasks and
+    their owners, and the holds: nothing per queued job.
     """
+    from orchestra.scheduler import holds as queue_holds
+
     tasks = session.execute(
         select(Task.id, Task.owner_id, Task.cluster, Task.queue, Task.n_queued, Task.priority, Task.created_at,
                Task.status)
@@ -106,6 +110,11 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
         user_running[owner] += n
     slots = np.array([settings.clusters[c].queues[q].slots for c, q in queues], dtype=np.int64)
     free = np.maximum(0, slots - busy)
+    held = queue_holds.read(session)
+    for key, hold in held.items():
+        if key in queue_index:
+            q = queue_index[key]
+            free[q] = min(int(free[q]), 1) if hold.probing(now) else 0
     unconfigured = [t for t in tasks if (t.cluster, t.queue) not in queue_index]
     tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
     owner_ids = sorted({t.owner_id for t in tasks})
@@ -134,7 +143,7 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
         queue_charge=np.array([queue_charge(settings, c, q) for c, q in queues], dtype=float),
         user_running_charge=np.array([user_charge.get(u, 0.0) for u in owner_ids], dtype=float),
     )
-    return PolicyView(inp, tasks, queues, free, slots, busy, owner_ids, user_running, user_charge, unconfigured)
+    return PolicyView(inp, tasks, queues, free, slots, busy, owner_ids, user_running, user_charge, unconfigured, held)
 
 
 # ---------------------------------------------------------------------------------------- order (pure)
@@ -333,7 +342,8 @@ class QueueState:
     queue: str
     slots: int
     busy: int
-    free: int
+    free: int  # what the next cycle may start: none in a held queue (one once its backoff has run out)
+    held: str | None = None  # why nothing starts there (a hold, see scheduler/holds.py)
 
 
 @dataclass
@@ -424,6 +434,9 @@ class _Explainer:
         if k is not None and k < take:
             return "next in line: starts at the next cycle"
         u, q = int(inp.task_user[i]), int(inp.task_queue[i])
+        hold = view.holds.get(view.queues[q])
+        if hold is not None:
+            return describe_hold(hold, inp.now)
         cap = int(inp.user_cap[u])
         if cap > 0 and int(inp.user_running[u]) + int(self.granted_user[u]) >= cap:
             now = int(inp.user_running[u]) + int(self.granted_user[u])
@@ -436,6 +449,19 @@ class _Explainer:
             return (f"no free slot in queue {cluster}/{queue} ({busy} of {slots} in use; the {granted} free "
                     f"slot(s) go to jobs ahead in line at the next cycle)")
         return f"no free slot in queue {cluster}/{queue} ({busy} of {slots} in use)"
+
+
+def describe_hold(hold: Any, now: float) -> str:
+    from orchestra.scheduler.holds import describe
+
+    return describe(hold, now)
+
+
+def queue_states(view: PolicyView) -> list[QueueState]:
+    """Slots per queue as `maestro queue` and `orchestra status` show them, with any hold."""
+    return [QueueState(c, q, int(view.slots[i]), int(view.busy[i]), int(view.free[i]),
+                       describe_hold(view.holds[(c, q)], view.inp.now) if (c, q) in view.holds else None)
+            for i, (c, q) in enumerate(view.queues)]
 
 
 def _scout_wait(settings: Settings, n_scouts: int, done: tuple[int, int]) -> str:
@@ -497,8 +523,7 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
             rows, truncated = _expand_jobs(session, ex, rows, limit)
         rows += _waiting_in_cluster(session, owner, task_id)
         rows.sort(key=_row_order)
-        states = [QueueState(c, q, int(view.slots[i]), int(view.busy[i]), int(view.free[i]))
-                  for i, (c, q) in enumerate(view.queues)]
+        states = queue_states(view)
         w = settings.fairshare
         weights = {"fairshare": w.weight_fairshare, "age": w.weight_age, "priority": w.weight_task_priority,
                    "scout": ex.bonus}

@@ -206,13 +206,15 @@ class UserLoad:
 
 @dataclass
 class Hold:
-    """An admin's hold on a queue, a user or a task. There is no hold mechanism yet: `holds`
-    returns none; when one is added, list its holds there and `orchestra status` shows them."""
+    """A hold: nothing starts in its target. Today the scheduler's holds on a queue whose cluster
+    could not start a job (scheduler/holds.py); the kinds leave room for an admin's holds."""
 
-    kind: str  # "queue", "user", "task"
-    target: str
+    kind: str  # "queue" (an admin's "user" or "task" holds would come here too)
+    target: str  # "LPS/cpu"
     reason: str
     since: float | None = None
+    next_try: float | None = None  # when the next probe launch may go (epoch s)
+    tries: int = 0  # launches refused so far
 
 
 @dataclass
@@ -232,13 +234,16 @@ def version() -> str:
 
 
 def holds(session: Session) -> list[Hold]:
-    """The hook for holds (see `Hold`): none exist yet."""
-    return []
+    """Every hold (see `Hold`), oldest first: one small read of `queue_holds`."""
+    from orchestra.scheduler import holds as queue_holds
+
+    rows = sorted(queue_holds.read(session).values(), key=lambda h: (h.since, h.cluster, h.queue))
+    return [Hold("queue", f"{h.cluster}/{h.queue}", h.reason, h.since, h.retry_at, h.tries) for h in rows]
 
 
 def status(ctx: Context, now: float | None = None) -> StatusReport:
     """Everything `orchestra status` shows; any user may ask (it reads what `maestro queue` reads)."""
-    from orchestra.services.queue import QueueState, pending_by_user, policy_input  # numpy: only here
+    from orchestra.services.queue import pending_by_user, policy_input, queue_states  # numpy: only here
 
     now = time.time() if now is None else now
     live = liveness(ctx.engine, ctx.settings, now)
@@ -248,8 +253,7 @@ def status(ctx: Context, now: float | None = None) -> StatusReport:
         ids = sorted({*pending, *(u for u, n in view.user_running.items() if n)})
         names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all()) if ids else {}
         held = holds(session)
-    queues = [QueueState(c, q, int(view.slots[i]), int(view.busy[i]), int(view.free[i]))
-              for i, (c, q) in enumerate(view.queues)]
+    queues = queue_states(view)
     users = [UserLoad(names.get(u, str(u)), pending.get(u, (0, 0))[0], pending.get(u, (0, 0))[1],
                       int(view.user_running.get(u, 0))) for u in ids]
     users = [u for u in users if u.queued or u.held or u.running]
