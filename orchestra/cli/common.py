@@ -49,6 +49,8 @@ def run(app: typer.Typer, args: Sequence[str] | None = None, prog_name: str | No
         fail(str(exc))
     except DBAPIError as exc:  # a lock held too long, a server gone, a full disk: one line, no traceback
         fail(faults.describe(exc))
+    except OverflowError:  # e.g. `maestro job why 99999999999999999999999` on SQLite (64-bit integers)
+        fail("a number given is too large; use a value that fits in 64 bits (see --help)")
     except Abort:
         fail("aborted")
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from orchestra import logcap
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.services.context import Context
 from orchestra.services.tasks import find
@@ -65,6 +66,8 @@ def list_jobs(ctx: Context, task_ref: str, status: str | None = None, limit: int
 def _attempt(ctx: Context, job_id: int, number: int | None, wait: bool = False) -> tuple[str | None, str, int]:
     """The log path, job status and number of an attempt (default: the latest). With `wait`, a job
     that has not started yet (held or queued) is waited for instead of refused."""
+    if not known_job_id(job_id):
+        raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
     told = False
     while True:
         with ctx.transaction() as session:

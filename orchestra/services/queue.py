@@ -37,6 +37,7 @@ from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
 from orchestra.db.bulk import one_of
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound
 from orchestra.services.context import Context
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, scout_verdict, scouts_needed
@@ -683,6 +684,8 @@ def explain_job(ctx: Context, job_id: int, now: float | None = None) -> JobExpla
     now = time.time() if now is None else now
     settings = ctx.settings
     with ctx.transaction() as session:
+        if not known_job_id(job_id):
+            raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
         row = session.execute(
             select(Job.id, Job.index.label("job_index"), Job.status, Job.is_scout, Job.reason, Job.started_at,
                    Job.ended_at, Job.exit_code, Task.id.label("task_id"), Task.name, Task.status.label("task_status"),

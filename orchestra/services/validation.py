@@ -50,3 +50,11 @@ def check_priority(priority: int) -> None:
 def check_retries(retries: int) -> None:
     if not 0 <= retries <= 100:
         raise OrchestraError(f"--max-retries {retries} is out of range; use 0 to 100")
+
+
+MAX_ID = 2**63 - 1  # ids are 64-bit on both databases
+
+
+def known_job_id(job_id: int) -> bool:
+    """Whether `job_id` could name a job at all (a larger number makes SQLite overflow)."""
+    return 0 < job_id <= MAX_ID

@@ -52,6 +52,8 @@ def world(cli: Cli, storage: Path, tmp_path: Path) -> Path:
 
 
 CASES = [
+    ("maestro job why 99999999999999999999999", "does not exist"),  # SQLite overflowed: a traceback
+    ("maestro job logs 99999999999999999999999", "does not exist"),
     ("orchestra_registry -d jodafons.x -p data", "user.<owner>.<name>"),
     ("orchestra_registry -d user.bob.x -p data", "belongs to user 'bob'"),
     ("orchestra_registry -d user.alice.x -p does/not/exist", "does not exist"),
