@@ -89,7 +89,7 @@ class SchedulerConfig:
     lease_ttl: float = 60.0
     poll_interval: float = 0.5
     # Local jobs: "owner" (each job as its owner: needs root) or "scheduler" (the personal mode,
-    # every job as the scheduler's own account); "" chooses by the scheduler's uid.
+    # every job as the scheduler's own account); "" chooses: owner as root on PostgreSQL.
     run_jobs_as: str = ""
     kill_grace_seconds: float = 10.0  # SIGTERM, then SIGKILL for what is left (Slurm's KillWait)
     max_job_pids: int = 512  # processes per job (cgroup pids.max); 0: no limit

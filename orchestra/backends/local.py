@@ -130,9 +130,11 @@ def _mtime(path: Path) -> float | None:
 
 
 def run_jobs_as(settings: Settings) -> str:
-    """'owner' or 'scheduler': the config's `[scheduler] run_jobs_as`, by default 'owner' when
-    the scheduler runs as root (it can switch to the owner) and 'scheduler' otherwise."""
-    chosen = settings.scheduler.run_jobs_as or ("owner" if os.geteuid() == 0 else "scheduler")
+    """'owner' or 'scheduler': the config's `[scheduler] run_jobs_as`; by default 'owner' when the
+    scheduler runs as root on a shared (PostgreSQL) database, and 'scheduler' otherwise: SQLite is
+    one person's database, whose jobs are theirs (even when that person is root)."""
+    shared = not settings.database_url.startswith("sqlite")
+    chosen = settings.scheduler.run_jobs_as or ("owner" if os.geteuid() == 0 and shared else "scheduler")
     if chosen == "owner" and os.geteuid() != 0:
         raise OrchestraError(
             "run_jobs_as = \"owner\" needs a scheduler running as root (it starts each job as its owner); "
@@ -176,6 +178,10 @@ class LocalBackend:
         self.run_as = run_jobs_as(settings)
         self.containment = containment or detect(installation=installation)
         self.grace = settings.scheduler.kill_grace_seconds
+        if Path(cluster.storage).is_relative_to(settings.home):
+            # The personal default (`$ORCHESTRA_HOME/storage`) is made on first use; a storage the
+            # admin configured elsewhere and that is missing (not mounted) holds the queue instead.
+            Path(cluster.storage).mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping: dict[str, _Stopping] = {}
         self._leftover_groups: set[str] = set()  # ended attempts whose cgroups are not removed yet
