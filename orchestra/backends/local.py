@@ -199,28 +199,27 @@ class LocalBackend:
     def launch(self, specs: Sequence[LaunchSpec]) -> list[Launched]:
         return [self._launch_one(spec) for spec in specs]
 
-    def _account(self, spec: LaunchSpec) -> tuple[str, str, str]:
-        """(setpriv prefix, HOME, user name) for the job: its owner's, or the scheduler's own."""
+    def _account(self, spec: LaunchSpec) -> tuple[str, str, str, tuple[int, int] | None]:
+        """(setpriv prefix, HOME, user name, the owner's (uid, gid) or None) for the job: its
+        owner's account, or the scheduler's own (None: nothing to switch to or chown for)."""
         if self.run_as == "scheduler":
             import getpass
 
-            return "", os.environ.get("HOME", "/"), getpass.getuser()
+            return "", os.environ.get("HOME", "/"), getpass.getuser(), None
         from orchestra.security.accounts import owner_account
 
         owner = owner_account(self.settings, spec.user)
         groups = ",".join(str(g) for g in owner.groups) if owner.groups else ""
         prefix = (f"setpriv --reuid={owner.uid} --regid={owner.gid} "
                   f"{'--groups=' + groups if groups else '--clear-groups'} --")
-        self._owner_ids = (owner.uid, owner.gid)
-        return prefix, owner.home, owner.name
+        return prefix, owner.home, owner.name, (owner.uid, owner.gid)
 
     def _launch_one(self, spec: LaunchSpec) -> Launched:
         """State directory, lock and log are made in the scheduler's own directory without
         following a link; the supervisor then starts with the lock as its stdin."""
         state = self.state_dir(spec.backend_name)
-        self._owner_ids: tuple[int, int] | None = None
         try:
-            runas, home, user = self._account(spec)
+            runas, home, user, owner_ids = self._account(spec)
         except OrchestraError as exc:  # no account to run it as: no attempt of this task can run
             return Launched(spec.backend_name, error=str(exc), final=True)
         folder = fd = log_fd = -1
@@ -252,7 +251,7 @@ class LocalBackend:
                     memory_max=parse_quantity(spec.queue.memory) if spec.queue.memory else None)
             except OSError as exc:
                 return self._refused(spec.backend_name, exc, "cannot contain the job", storage_io=False)
-            self._prepare_owner_dir(spec)
+            self._prepare_owner_dir(spec, owner_ids)
             env = job_environment(os.environ, home=home, user=user)
             env.update(
                 ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command, ORCHESTRA_TASK=spec.task_name,
@@ -262,8 +261,8 @@ class LocalBackend:
             )
             try:
                 log_fd = open_in(folder, "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, shown=state / "log")
-                if self._owner_ids is not None:
-                    os.fchown(log_fd, *self._owner_ids)  # the owner reads it; nobody else
+                if owner_ids is not None:
+                    os.fchown(log_fd, *owner_ids)  # the owner reads it; nobody else
             except UntrustedPath as exc:
                 return Launched(spec.backend_name, error=f"cannot open the log: {exc}")
             child = subprocess.Popen(
@@ -310,10 +309,10 @@ class LocalBackend:
         finally:
             os.close(fd)  # a network storage may report a full disk only here
 
-    def _prepare_owner_dir(self, spec: LaunchSpec) -> None:
+    def _prepare_owner_dir(self, spec: LaunchSpec, owner_ids: tuple[int, int] | None) -> None:
         """`<storage>/<owner>` made for the owner (0750) when it does not exist, so the job (as
         its owner) can create its task's directories; an existing one is left as it is."""
-        if self._owner_ids is None:
+        if owner_ids is None:
             return
         try:
             fd = open_dir(self.cluster.storage, self.cluster.storage)
@@ -321,7 +320,7 @@ class LocalBackend:
             return
         try:
             os.mkdir(spec.user, 0o750, dir_fd=fd)
-            os.chown(spec.user, *self._owner_ids, dir_fd=fd, follow_symlinks=False)
+            os.chown(spec.user, *owner_ids, dir_fd=fd, follow_symlinks=False)
         except FileExistsError:
             pass
         finally:

@@ -39,7 +39,8 @@ from orchestra.scheduler.heads import queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services.context import Context
 from orchestra.services.queue import policy_input, queue_charge, scout_progress
-from orchestra.services.tasks import purge_outputs, remove_task_rows
+from orchestra.security.privileged import remove_task_rows
+from orchestra.services.tasks import purge_outputs
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
 
 log = logging.getLogger("orchestra.scheduler")

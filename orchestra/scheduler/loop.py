@@ -232,11 +232,6 @@ def idle_summary(ctx: Context) -> str | None:
     return f"idle: {', '.join(parts)}{stuck}; nothing can run without a user's action"
 
 
-def is_idle(ctx: Context) -> bool:
-    """Nothing can run without a user's action (see `idle_summary`)."""
-    return idle_summary(ctx) is not None
-
-
 def wait_beating(waker: Waker, seconds: float, heartbeat: Heartbeat) -> str:
     """`waker.wait(seconds)`, writing the heartbeat (which renews the lease) at least every
     `heartbeat.every` seconds meanwhile: an idle scheduler stays visibly alive."""

@@ -30,10 +30,6 @@ class Identity:
     admin: bool  # `user` has admin powers
     scheduler: bool  # `actor` may run the scheduler service
 
-    @property
-    def acting_for(self) -> bool:
-        return self.user != self.actor
-
 
 def check_user_name(name: str, where: str) -> str:
     if not USER_NAME.fullmatch(name):

@@ -5,7 +5,6 @@ removing a deleted task's pods) is recorded in `Task.request` and done by the sc
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.naming import check_ownership
 from orchestra.security import privileged
-from orchestra.security.privileged import remove_task_rows  # noqa: F401  (the scheduler's path)
 from orchestra.services import datasets
 from orchestra.services.context import Context
 from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
-from orchestra.states import FINAL_JOB, LIVE_JOB, JobStatus, TaskAction, TaskStatus, user_move
+from orchestra.states import FINAL_JOB, TaskAction, TaskStatus, user_move
 
 DRY_RUN_SHOWN = 5
 
