@@ -75,7 +75,17 @@ WATCH_SECONDS = 60  # one watch stream's life on the server; then it is resumed 
 
 
 class KubernetesUnavailable(BackendUnavailable):
-    """The API server kept failing (5xx, 429, timeouts, refused connections) through every retry."""
+    """The API server kept failing (5xx, 429, timeouts, refused connections) through every retry.
+
+    `maybe_done`: some try may have been carried out although no answer said so (the request was
+    sent and then timed out, the connection dropped, a gateway answered 504). For a create this
+    decides whether the pod may exist: a launch that certainly created nothing is the cluster's
+    failure (put back uncharged); one that may have created the pod is left to the next survey,
+    which adopts the pod if it is there."""
+
+    def __init__(self, message: str, maybe_done: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_done = maybe_done
 
 
 # ---------------------------------------------------------------------------------------- pure helpers
@@ -179,6 +189,15 @@ def _scheduled_at(pod: client.V1Pod) -> float | None:
         if condition.type == "PodScheduled" and condition.status == "True":
             return _timestamp(condition.last_transition_time)
     return None
+
+
+class _Unavailable(threading.Event):
+    """Set by the first of a round's concurrent creates to find the API unavailable, with why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.why = ""
 
 
 def _transient(exc: ApiException) -> bool:
@@ -303,6 +322,7 @@ class KubernetesBackend:
         unavailable).
         """
         delay = self.backoff
+        maybe_done = False
         for attempt in range(1, self.tries + 1):
             try:
                 return fn()
@@ -312,12 +332,18 @@ class KubernetesBackend:
                 if not _transient(exc):
                     raise
                 problem = f"HTTP {exc.status}: {_status_message(exc)}"
+                maybe_done = maybe_done or exc.status in (0, 504)  # 0: no HTTP answer at all
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                # Refused or timed out while connecting: the request never left. Anything else
+                # (read timeout, connection dropped mid-answer) may have been carried out.
+                maybe_done = maybe_done or not isinstance(exc, (urllib3.exceptions.NewConnectionError,
+                                                                urllib3.exceptions.ConnectTimeoutError,
+                                                                ConnectionRefusedError))
             if attempt == self.tries or (abort is not None and abort.is_set()):
                 raise KubernetesUnavailable(
                     f"kubernetes API {self.api_client.configuration.host}: {verb} {resource} in namespace "
-                    f"{self.namespace} failed {attempt} times; last: {problem}")
+                    f"{self.namespace} failed {attempt} times; last: {problem}", maybe_done)
             log.debug("retrying %s %s after: %s", verb, resource, problem)
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, MAX_BACKOFF)
@@ -436,23 +462,27 @@ class KubernetesBackend:
         )
 
     def launch(self, specs: Sequence[LaunchSpec]) -> list[Launched]:
-        """Create the pods concurrently. Once the API proves unavailable, the rest are not tried:
-        they are reported without error and the next survey finds them missing (lost, retried)."""
+        """Create the pods concurrently. An API that proves unavailable is the cluster's failure,
+        not the jobs': that launch and the rest (not tried once one call gave up) come back as
+        `Launched.infra`, so the scheduler queues them again uncharged and holds the queue until a
+        probe launch succeeds. Except a create that may have been carried out although its answer
+        was lost (`KubernetesUnavailable.maybe_done`): putting it back could run the job twice, so
+        it is reported started, and the next survey adopts the pod or finds it lost."""
         self._start_watch()
-        unavailable = threading.Event()
+        unavailable = _Unavailable()
         results = [r for r in self._parallel(lambda spec: self._launch_one(spec, unavailable), list(specs))
                    if r is not None]
         self._live += sum(1 for r in results if r.error is None)
         return results
 
-    def _launch_one(self, spec: LaunchSpec, unavailable: threading.Event) -> Launched:
+    def _launch_one(self, spec: LaunchSpec, unavailable: _Unavailable) -> Launched:
         name = spec.backend_name
         if len(name) > 63 or not DNS1123_LABEL.match(name):
             return Launched(name, error=f"invalid pod name {name!r}: lowercase letters, digits and '-', at most 63")
         if not spec.image.strip():
             return Launched(name, error="no container image: the kubernetes backend needs the task's image")
         if unavailable.is_set():
-            return Launched(name)
+            return Launched(name, error=f"not tried: {unavailable.why}", infra=True)
         try:
             body = self.pod_for(spec)
         except NoAccount as exc:
@@ -470,21 +500,28 @@ class KubernetesBackend:
                     continue  # deleted between our create and our read: create it again
                 except KubernetesUnavailable as exc:
                     self._give_up(unavailable, exc)
-                    return Launched(name)
+                    return Launched(name)  # the pod exists, whoever's: the survey tells
                 return self._adopt(spec, existing)
             except KubernetesUnavailable as exc:
                 self._give_up(unavailable, exc)
-                return Launched(name)
+                if exc.maybe_done:  # the pod may exist: the next survey adopts it or finds it lost
+                    return Launched(name)
+                return Launched(name, error=str(exc), infra=True)
             except ApiException as exc:
-                return Launched(name, error=f"kubernetes refused pod {name}: {_status_message(exc)}")
-        return Launched(name)
+                why = _status_message(exc)
+                if exc.status == 403 and "exceeded quota" in why:  # the namespace's ResourceQuota is full:
+                    return Launched(name, error=f"kubernetes quota: {why}", infra=True)  # wait, uncharged
+                return Launched(name, error=f"kubernetes refused pod {name}: {why}")
+        return Launched(name, error=f"pod {name} was deleted {self.tries} times between its create and its read",
+                        infra=True)
 
     @staticmethod
-    def _give_up(unavailable: threading.Event, exc: KubernetesUnavailable) -> None:
-        """The first launch to find the API unavailable says so; the others just stop."""
-        if not unavailable.is_set():
-            unavailable.set()
-            log.warning("%s; the attempts not created now are found lost and retried", exc)
+    def _give_up(unavailable: _Unavailable, exc: KubernetesUnavailable) -> None:
+        """The first launch to find the API unavailable says why; the others are not tried."""
+        with unavailable.lock:
+            if not unavailable.is_set():
+                unavailable.why = str(exc)
+                unavailable.set()
 
     def _adopt(self, spec: LaunchSpec, pod: client.V1Pod) -> Launched:
         """A pod of this name exists: ours (a retried or repeated launch) is adopted, anyone else's is not."""
@@ -495,6 +532,11 @@ class KubernetesBackend:
         if not ours:
             return Launched(spec.backend_name, error=f"pod {spec.backend_name} already exists in namespace "
                                                      f"{self.namespace} and is not this attempt's; delete it")
+        if pod.metadata.deletion_timestamp is not None:
+            # Ours but on its way out (released after an uncertain create): not a run to adopt. The
+            # job waits, uncharged, until the name is free.
+            return Launched(spec.backend_name, error=f"pod {spec.backend_name} of an earlier launch is still "
+                                                     f"terminating", infra=True)
         return Launched(spec.backend_name, host=pod.spec.node_name if pod.spec else None,
                         started_at=_timestamp(pod.metadata.creation_timestamp))
 

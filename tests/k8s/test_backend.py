@@ -322,6 +322,24 @@ def test_409_adopts_our_pod_and_refuses_a_foreign_one(sim: KubeSim, backend: Kub
     assert refused.error is not None and "is not this attempt's" in refused.error
 
 
+def test_a_terminating_pod_of_ours_is_waited_for_not_adopted(sim: KubeSim, make_backend: MakeBackend, spec: Spec,
+                                                              storage: Path) -> None:
+    # An uncertain create the scheduler released, relaunched while the old pod still terminates:
+    # adopting it would report a run that is being deleted. The launch is the cluster's to retry.
+    slow = make_backend(cluster_config=k8s_cluster(storage, kill_grace_seconds=60))
+    s = spec("trap '' TERM; echo started; while :; do sleep 0.05; done")
+    slow.launch([s])
+    sim.wait_for(s.backend_name, lambda p: "started" in _log(sim, s.backend_name))
+    slow.release([s.backend_name])
+    sim.wait_for(s.backend_name, lambda p: p is not None and p["metadata"].get("deletionTimestamp") is not None)
+    [again] = slow.launch([s])
+    assert again.infra and again.error is not None and "still terminating" in again.error
+    assert sim.creates(s.backend_name) == 1
+    fast = make_backend(cluster_config=k8s_cluster(storage, kill_grace_seconds=0))
+    fast.release([s.backend_name])
+    sim.wait_for(s.backend_name, lambda p: p is None, timeout=5)
+
+
 @pytest.mark.parametrize("kind", ["error", "hang", "drop", "gateway"])
 def test_transient_faults_are_retried_never_duplicated(make_sim: Callable[..., KubeSim], make_backend: MakeBackend,
                                                        spec: Spec, kind: str) -> None:
@@ -345,12 +363,33 @@ def test_a_dead_api_is_reported_not_guessed(make_sim: Callable[..., KubeSim], ma
     backend = make_backend(on=dead, tries=3, cluster_config=k8s_cluster(storage, create_concurrency=1))
     specs = [spec(job=i) for i in range(4)]
     launched = backend.launch(specs)
-    # Not refused (the job is not at fault) and not started: the next survey says lost, and it is retried.
-    assert [l.error for l in launched] == [None] * 4 and dead.pods() == []
+    # The cluster's failure, not the jobs': each comes back `infra` (the scheduler queues it again
+    # uncharged and holds the queue), with the reason; none is "started" to be found lost later.
+    assert [l.infra for l in launched] == [True] * 4 and dead.pods() == []
+    assert all(l.error and "create pods in namespace orchestra failed 3 times" in l.error for l in launched)
+    assert [l.final for l in launched] == [False] * 4
     assert dead.count("create") == 3  # once the API proved unavailable, the rest were not tried
     with pytest.raises(KubernetesUnavailable, match="list pods in namespace orchestra failed 3 times"):
         backend.survey(tracked(*specs))
     backend.release([s.backend_name for s in specs])  # logged, left to a later cycle
+
+
+@pytest.mark.parametrize("kind", ["hang", "drop", "gateway"])
+def test_a_create_that_may_have_happened_is_left_to_the_survey(make_sim: Callable[..., KubeSim],
+                                                               make_backend: MakeBackend, spec: Spec,
+                                                               kind: str) -> None:
+    # Every call is carried out but its answer is lost: putting the job back could start it twice,
+    # so the launch counts as started and the survey finds the pod (adopted, not lost).
+    lossy = make_sim(faults=Faults(rate=1.0, kinds=(kind,), max_per_key=1000, hang_seconds=0.5))
+    backend = make_backend(on=lossy, tries=2, request_timeout=0.2)
+    s = spec("echo once")
+    [launched] = backend.launch([s])
+    assert launched.error is None and not launched.infra
+    assert lossy.creates(s.backend_name) == 1  # the second try met the first one's pod (409) and lost the read
+    lossy.faults.rate = 0.0
+    wait_phase(backend, [s], Phase.SUCCEEDED)
+    assert Path(s.log_path).read_text() == "once\n"
+    backend.release([s.backend_name])
 
 
 @pytest.mark.parametrize(("verb", "resource", "code"), [

@@ -81,7 +81,9 @@ def test_api_faults_every_job_runs_exactly_once(cli: Cli, storage: Path, tmp_pat
     result = run_scheduler(*FAST)
     assert result.returncode == 0, result.stderr
     jobs = jobs_of(cli, "faulty")
-    assert [j["status"] for j in jobs] == ["succeeded"] * 12
+    # No attempt charged for the API's faults: a create that failed is put back (the queue held
+    # meanwhile), one that hung but went through is adopted on the next try of the same attempt.
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 12
     seen = ledger_lines(ledger)
     assert set(seen) == {str(storage / "in" / "configs" / f"c{i:04d}.cfg") for i in range(12)}
     assert set(seen.values()) == {1}, seen  # a job that ran twice would show two lines

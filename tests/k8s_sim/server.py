@@ -89,7 +89,8 @@ class Faults:
 
 @dataclass
 class Denial:
-    code: int  # 401 or 403
+    code: int  # 401, 403, or a 5xx the server answers for a while (an etcd or webhook outage)
+    message: str = ""  # for 403: instead of the RBAC message (e.g. a ResourceQuota's)
 
 
 @dataclass
@@ -266,9 +267,10 @@ class KubeSim:
         return config.new_client_from_config(config_file=str(self.kubeconfig_path), persist_config=False)
 
     # ----------------------------------------------------------------- test controls
-    def deny(self, verb: str, resource: str = "pods", code: int = 403) -> None:
-        """Answer every (resource, verb) call with 401 Unauthorized or 403 Forbidden."""
-        self.denials[(resource, verb)] = Denial(code)
+    def deny(self, verb: str, resource: str = "pods", code: int = 403, message: str = "") -> None:
+        """Answer every (resource, verb) call with 401 Unauthorized, 403 Forbidden (RBAC's message
+        unless `message`) or a 5xx (e.g. 503: the API server cannot reach etcd) until `allow_all`."""
+        self.denials[(resource, verb)] = Denial(code, message)
 
     def allow_all(self) -> None:
         self.denials.clear()
@@ -374,7 +376,7 @@ class KubeSim:
             return
         denial = self.denials.get(request.verb)
         if denial is not None:
-            handler.send_json(denial.code, self._denied(request, denial.code))
+            handler.send_json(denial.code, self._denied(request, denial))
             return
         if self.latency > 0:
             self._stopping.wait(self.latency)
@@ -424,10 +426,16 @@ class KubeSim:
                 self.faults_injected[fault] += 1
         return fault
 
-    def _denied(self, request: _Request, code: int) -> dict[str, Any]:
+    def _denied(self, request: _Request, denial: Denial) -> dict[str, Any]:
+        code = denial.code
         if code == 401:
             return status_object(401, "Unauthorized", "Unauthorized")
+        if code >= 500:
+            return status_object(code, "ServiceUnavailable" if code == 503 else "InternalError",
+                                 "the server is currently unable to handle the request")
         resource, verb = request.verb
+        if denial.message:
+            return status_object(403, "Forbidden", denial.message, {"name": request.name or "", "kind": "pods"})
         subject = f'pods "{request.name}"' if request.name else "pods"
         message = (f'{subject} is forbidden: User "{self.user}" cannot {verb} resource "{resource}" in API group "" '
                    f'in the namespace "{request.namespace}"')
