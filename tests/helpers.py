@@ -104,3 +104,13 @@ def intact(victim: Path) -> bool:
     return ((victim / "precious.txt").read_text() == "keep me\n"
             and (victim / "inner" / "deep.txt").read_text() == "keep me too\n"
             and sorted(p.name for p in victim.iterdir()) == ["inner", "precious.txt"])
+
+
+JOB_STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "killed")
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    """A task's job counts as `task list --json` gives them (every state, zeros included: checked),
+    reduced to the states that have jobs, for short expectations."""
+    assert list(counts) == list(JOB_STATES), counts
+    return {state: n for state, n in counts.items() if n}

@@ -10,14 +10,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestra.cli.common import console, context, new_app, print_json, run
+from orchestra.cli import jsonout, tables
+from orchestra.cli.common import add_version, console, context, new_app, print_json, run
+from orchestra.cli.listing import JsonOption, NoHeaderOption, emit
 from orchestra.config import load_settings
 from orchestra.db.engine import HEAD_REVISION, current_revision, make_engine, upgrade
 from orchestra.errors import OrchestraError
 from orchestra.security import roles
 from orchestra.services.context import Context
 
-app = new_app("Orchestra administration: config, database, scheduler service, users.")
+app = new_app("Orchestra administration: config, database, scheduler service, users.", root=True)
+add_version(app)
 config_app = new_app("Inspect the effective configuration.")
 db_app = new_app("Database schema.")
 scheduler_app = new_app("The scheduler service.")
@@ -29,7 +32,12 @@ app.add_typer(user_app, name="user")
 
 
 @config_app.command("show")
-def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def config_show(
+    fmt: Annotated[Optional[str], typer.Option("--format", "-o", metavar="COLUMNS",
+                                               help="columns to show, comma-separated; any of: key, value, source")] = None,
+    noheader: NoHeaderOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Print the effective settings and where each came from (passwords in the database URL masked)."""
     from orchestra.secrets import mask_url
 
@@ -52,25 +60,26 @@ def config_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         print_json(data)
         return
-    src = s.sources
-    console.print(f"config file: {data['config_file'] or '(none: defaults)'}", markup=False)
-    for key in ("home", "database_url", "user"):
-        console.print(f"{key:32} {data[key]!s:50} ({src.get(key, 'default')})", markup=False)
+    emit(tables.settings(_setting_rows(data, s.sources)), fmt, noheader)
+
+
+def _setting_rows(data: dict, src: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(key, value, where it came from) for each setting, in the config file's own words."""
+    rows = [(key, str(data[key]), src.get(key, "default")) for key in ("config_file", "home", "database_url", "user")]
+    rows[0] = ("config_file", data["config_file"] or "(none: defaults)", "-")
     for section in ("scheduler", "fairshare"):
-        for key, value in data[section].items():
-            console.print(f"{section + '.' + key:32} {value!s:50} ({src.get(f'{section}.{key}', 'default')})",
-                          markup=False)
+        rows += [(f"{section}.{key}", str(value), src.get(f"{section}.{key}", "default"))
+                 for key, value in data[section].items()]
     for name, c in data["clusters"].items():
-        console.print(f"clusters.{name:23} backend={c['backend']} storage={c['storage']} "
-                      f"default_queue={c['default_queue']} ({src.get(f'clusters.{name}')})", markup=False)
-        for q, v in c["queues"].items():
-            console.print(f"  queue {q:24} slots={v['slots']} cpu={v['cpu']} memory={v['memory']} gpu={v['gpu']}",
-                          markup=False)
-        for key, value in c.get("kubernetes", {}).items():
-            console.print(f"  kubernetes.{key:24} {value!s}", markup=False)
-    for name, a in data["accounts"].items():
-        console.print(f"accounts.{name:23} share={a['share']:g} users={', '.join(a['users']) or '-'} "
-                      f"({src.get(f'accounts.{name}')})", markup=False)
+        rows.append((f"clusters.{name}", f"backend={c['backend']} storage={c['storage']} "
+                     f"default_queue={c['default_queue']}", str(src.get(f"clusters.{name}"))))
+        rows += [(f"clusters.{name}.queues.{q}", f"slots={v['slots']} cpu={v['cpu']} memory={v['memory']} gpu={v['gpu']}",
+                  str(src.get(f"clusters.{name}"))) for q, v in c["queues"].items()]
+        rows += [(f"clusters.{name}.kubernetes.{key}", str(value), str(src.get(f"clusters.{name}")))
+                 for key, value in c.get("kubernetes", {}).items()]
+    rows += [(f"accounts.{name}", f"share={a['share']:g} users={', '.join(a['users']) or '-'}",
+              str(src.get(f"accounts.{name}"))) for name, a in data["accounts"].items()]
+    return rows
 
 
 @db_app.command("upgrade")
@@ -124,7 +133,7 @@ def scheduler_run(
 
 
 @app.command("status")
-def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+def status_cmd(as_json: JsonOption = False) -> None:
     """Is the scheduler alive (heartbeat, last cycle, lease holder); slots per queue; queued and running
     per user; holds; the Orchestra version. Any user may run it."""
     from orchestra.cli import views
@@ -132,7 +141,7 @@ def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-rea
 
     report = status.status(context())
     if as_json:
-        print_json(report)
+        print_json(jsonout.status_report(report))
     else:
         views.status(report)
     views.scheduler_warning(report.scheduler.warning)
@@ -174,16 +183,18 @@ def user_remove(name: Annotated[str, typer.Argument(help="login name")]) -> None
 
 
 @user_app.command("list")
-def user_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def user_list(
+    fmt: Annotated[Optional[str], typer.Option("--format", "-o", metavar="COLUMNS", help=(
+        "columns to show, comma-separated; any of: user, login, groups, share, cap"))] = None,
+    noheader: NoHeaderOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Users with their roles, groups, share and cap."""
     rows = roles.list_users(context())
     if as_json:
         print_json(rows)
         return
-    console.print(f"{'user':24} {'login':6} {'groups':36} {'share':>6} {'cap':>6}", markup=False)
-    for r in rows:
-        console.print(f"{r.name:24} {'yes' if r.login else 'no':6} {', '.join(r.groups) or '-':36} "
-                      f"{r.share if r.share is not None else '-':>6} {r.max_running or '-':>6}", markup=False)
+    emit(tables.users(rows), fmt, noheader)
 
 
 @user_app.command("set")

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,17 +18,68 @@ from orchestra.db import faults
 from orchestra.errors import OrchestraError
 from orchestra.services.context import Context
 
-# Wide when piped (rich would assume 80 columns and squash the tables).
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+def _new_console(stderr: bool = False) -> Console:
+    """A console for this run, made from the environment as it is now: rich honours COLUMNS (the
+    width), TTY_COMPATIBLE / FORCE_COLOR (a terminal even when piped) and NO_COLOR. Piped without
+    COLUMNS, 200 columns: the few rich tables left (simulate) are not squashed to 80."""
+    made = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not made.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        made.width = 200
+    return made
 
 
-def new_app(help_text: str) -> typer.Typer:
+class _Current:
+    """`console` and `err_console` stand for the current run's consoles (made again by `run`, so a
+    test or a caller that changes COLUMNS or TTY_COMPATIBLE between runs is heard)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def renew(self) -> None:
+        self._console = _new_console(self._stderr)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            self.renew()
+        return getattr(self._console, name)
+
+
+console: Console = _Current(stderr=False)  # type: ignore[assignment]
+err_console: Console = _Current(stderr=True)  # type: ignore[assignment]
+
+
+def version_line() -> str:
+    from orchestra.services.status import version
+
+    return f"orchestra {version()}"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_line() + "\n")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                             help="print `orchestra <version>` and exit")]
+
+
+def new_app(help_text: str, root: bool = False) -> typer.Typer:
+    """A typer app with Orchestra's conventions; `root`: a command line's top app, which gets
+    typer's shell completion (--install-completion / --show-completion: bash, zsh, fish)."""
     return typer.Typer(
-        help=help_text, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+        help=help_text, add_completion=root, no_args_is_help=True, pretty_exceptions_enable=False,
         rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
     )
+
+
+def add_version(app: typer.Typer) -> None:
+    """`--version` on an app with subcommands (a callback on its top level)."""
+
+    @app.callback()
+    def _top(version: VersionOption = False) -> None:  # noqa: ARG001 - handled by its callback
+        pass
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -41,6 +93,10 @@ def run(app: typer.Typer, args: Sequence[str] | None = None, prog_name: str | No
     from typer import Abort
     from typer._click.exceptions import ClickException  # typer vendors click (no public alias)
 
+    if prog_name is None:  # `maestro.py` is the seed's spelling of `maestro`: one name for usage and completion
+        prog_name = os.path.basename(sys.argv[0]).removesuffix(".py") or None
+    console.renew()  # type: ignore[attr-defined]
+    err_console.renew()  # type: ignore[attr-defined]
     try:
         result = app(args=list(args) if args is not None else None, prog_name=prog_name, standalone_mode=False)
     except ClickException as exc:
@@ -107,13 +163,6 @@ def size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def progress_bar(done: int, total: int, width: int = 20) -> str:
-    if total <= 0:
-        return " " * width
-    filled = int(round(width * done / total))
-    return "█" * filled + "░" * (width - filled) + f" {100 * done // total:3d}%"
 
 
 def confirm(question: str, yes: bool) -> None:

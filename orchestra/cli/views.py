@@ -1,4 +1,5 @@
-"""Rendering with rich: tables and details for what the services return. No logic lives here."""
+"""Rendering for what the services return: details and the remaining rich tables. Listings (task,
+job, dataset, queue, usage...) are described in `tables` and laid out by `listing`. No logic here."""
 from __future__ import annotations
 
 import sys
@@ -7,23 +8,18 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from orchestra.cli.common import console, duration, progress_bar, size, when
+from orchestra.cli import listing, tables
+from orchestra.cli.common import console, size, when
+from orchestra.reasons import span
 from orchestra.services.datasets import DatasetInfo
-from orchestra.services.jobs import JobRow
-from orchestra.services.tasks import CreatedTask, TaskDetail, TaskSummary
-from orchestra.states import JobStatus
+from orchestra.services.tasks import CreatedTask, TaskDetail
 
 if TYPE_CHECKING:  # the fair-share views load numpy: only when those commands run
     from orchestra.replay import ReplayResult
     from orchestra.services.queue import JobExplanation, QueueReport
     from orchestra.services.status import StatusReport
-    from orchestra.services.usage import UsageReport
 
-STATUS_STYLE = {
-    "registered": "cyan", "scouting": "yellow", "running": "blue", "completed": "green",
-    "partial": "magenta", "broken": "red", "killed": "red", "succeeded": "green", "failed": "red",
-    "queued": "cyan", "held": "dim", "starting": "yellow",
-}
+STATUS_STYLE = tables.STATUS_STYLE
 
 
 def styled(status: str) -> str:
@@ -43,22 +39,15 @@ def created(task: CreatedTask, dry_run: bool) -> None:
         console.print(f"  {command}", markup=False)
 
 
-def task_table(rows: Sequence[TaskSummary]) -> None:
-    table = Table(title=None, show_lines=False)
-    for column in ("id", "task", "user", "queue", "held", "queued", "running", "done", "failed", "progress", "status"):
-        table.add_column(column, justify="right" if column in ("id", "held", "queued", "running", "done", "failed") else "left")
-    for r in rows:
-        c = r.counts
-        running = c.get(JobStatus.RUNNING, 0) + c.get(JobStatus.STARTING, 0)
-        failed = c.get(JobStatus.FAILED, 0) + c.get(JobStatus.KILLED, 0)
-        table.add_row(
-            str(r.id), r.name, r.owner, r.queue, str(c.get(JobStatus.HELD, 0)), str(c.get(JobStatus.QUEUED, 0)),
-            str(running), str(c.get(JobStatus.SUCCEEDED, 0)), str(failed), progress_bar(r.done, r.n_jobs),
-            styled(r.status),
-        )
-    console.print(table)
-    if not rows:
-        console.print("no tasks")
+def counts_line(counts: dict[str, int]) -> str:
+    """Every job state, in the order of the tables' columns and the JSON's `counts`."""
+    return ", ".join(f"{s} {counts.get(s, 0)}" for s in tables.STATES)
+
+
+def ended_line(counts: dict[str, int], total: int) -> str:
+    ended = sum(counts.get(s, 0) for s in ("succeeded", "failed", "killed"))
+    return (f"{ended} of {total} ended: {counts.get('succeeded', 0)} succeeded, {counts.get('failed', 0)} failed, "
+            f"{counts.get('killed', 0)} killed")
 
 
 def task_detail(d: TaskDetail) -> None:
@@ -72,8 +61,8 @@ def task_detail(d: TaskDetail) -> None:
         ("cluster / queue", f"{s.cluster} / {s.queue}"), ("image", d.image), ("command", d.command),
         ("config dataset", d.config_dataset or "(deleted)"), ("data dataset", d.data_dataset or "(deleted)"),
         ("jobs", f"{s.n_jobs} ({d.n_scouts} scouts{', bypassed' if d.bypass else ''})"),
-        ("job states", ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "-"),
-        ("max retries / max time", f"{d.max_retries} / {duration(d.max_time)}"),
+        ("job states", counts_line(s.counts)), ("progress", ended_line(s.counts, s.n_jobs)),
+        ("max retries / max time", f"{d.max_retries} / {span(d.max_time) if d.max_time else 'none'}"),
         ("priority", str(s.priority)), ("outputs", d.output_root), ("created", when(s.created_at)),
     ]
     for key, value in lines:
@@ -81,84 +70,40 @@ def task_detail(d: TaskDetail) -> None:
     if d.failed:
         console.print("  failed attempts (newest first, scouts first):")
         for f in d.failed:
-            console.print(f"    job {f.job_index} attempt {f.attempt}: exit code {f.exit_code}, {f.reason or 'failed'}",
-                          markup=False)
+            console.print(f"    job {f.job_id} (#{f.job_index}) attempt {f.attempt}: {f.reason}", markup=False)
             for line in f.log_tail.splitlines():
                 console.print(f"      | {line}", markup=False)
+    more = d.failed_total - len(d.failed)
+    if more > 0:
+        console.print(f"  {more:,} more failure{'s' if more > 1 else ''}: maestro job list -t {s.name} --status failed",
+                      markup=False)
 
 
-def job_table(rows: Sequence[JobRow]) -> None:
-    table = Table()
-    for column in ("job", "index", "scout", "status", "attempts", "exit", "host", "started", "runtime", "reason"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(
-            str(r.id), str(r.index), "yes" if r.is_scout else "", styled(r.status), str(r.attempts),
-            "" if r.exit_code is None else str(r.exit_code), r.host or "", when(r.started_at),
-            duration(r.runtime), r.reason or "",
-        )
-    console.print(table)
+def dataset_detail(info: DatasetInfo, files: Sequence[tuple[str, int]], fmt: str | None = None,
+                   noheader: bool = False) -> None:
+    """The dataset, then its files as a listing (a table, or TSV when piped: the lines above it go
+    to stderr then, so the TSV parses)."""
+    def above() -> None:
+        say = ((lambda line, **_: console.print(line, markup=False, soft_wrap=False)) if console.is_terminal
+               else (lambda line, **_: sys.stderr.write(line + "\n")))
+        say(f"{info.name} by {info.owner} on {info.cluster}: {info.path}", markup=False)
+        say(f"  {info.n_files} file(s), {size(info.total_size)}, registered {when(info.created_at)}", markup=False)
+
+    listing.emit(tables.files(files, info.n_files, info.name), fmt, noheader, before=above)
 
 
-def dataset_table(rows: Sequence[DatasetInfo]) -> None:
-    table = Table()
-    for column in ("id", "dataset", "owner", "cluster", "kind", "files", "size", "path"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(str(r.id), r.name, r.owner, r.cluster, "dir" if r.is_dir else "file", str(r.n_files),
-                      size(r.total_size), r.path)
-    console.print(table)
-
-
-def dataset_detail(info: DatasetInfo, files: Sequence[tuple[str, int]]) -> None:
-    console.print(f"[bold]{info.name}[/] by {info.owner} on {info.cluster}: {info.path}")
-    console.print(f"  {info.n_files} file(s), {size(info.total_size)}, registered {when(info.created_at)}")
-    for path, n in files:
-        console.print(f"  {size(n):>10}  {path}", markup=False)
-    if info.n_files > len(files):
-        console.print(f"  ... and {info.n_files - len(files)} more")
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def queue_table(report: QueueReport, per_job: bool = False) -> None:
-    """`maestro queue`: pending work in dispatch order (per queue), the priority and why it waits."""
+def queue_preamble(report: QueueReport) -> None:
+    """`maestro queue`'s lines above its table: slots per queue, holds; on stderr when piped."""
+    say = ((lambda line, **_: console.print(line, markup=False, soft_wrap=False)) if console.is_terminal
+           else (lambda line, **_: sys.stderr.write(line + "\n")))  # a terminal: folded at its width
     state = ", ".join(f"{q.cluster}/{q.queue} {q.busy} of {q.slots} slots in use{' (HELD)' if q.held else ''}"
                       for q in report.queues)
-    console.print(f"queues: {state}", markup=False)
+    say(f"queues: {state}", markup=False)
     for q in report.queues:
         if q.held:
-            console.print(q.held, markup=False)
+            say(q.held, markup=False)
     if report.run_as_note:
-        console.print(report.run_as_note, markup=False)
-    table = Table()
-    columns = ["pos", "queue", "task", "user", "state", "job" if per_job else "jobs", "priority", "fairshare", "age",
-               "taskprio", "scout", "why pending"]
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("pos", "jobs", "job", "priority", "fairshare", "age",
-                                                                 "taskprio", "scout") else "left")
-    for r in report.rows:
-        w = r.weighted or {}
-        if per_job and r.job_id is not None:
-            what = f"{r.job_id} (#{r.job_index}{', scout' if r.scouts else ''})"
-        else:
-            what = f"{r.pending}{' scouts' if r.scouts else ''}"
-        table.add_row(
-            str(r.position) if r.position else "-", f"{r.cluster}/{r.queue}", f"{r.task} ({r.task_id})", r.user,
-            styled(r.state), what, _num(r.total), _num(w.get("fairshare")), _num(w.get("age")),
-            _num(w.get("priority")), _num(w.get("scout")), r.reason,
-        )
-    console.print(table)
-    if not report.rows:
-        console.print("no pending jobs")
-    elif report.jobs_truncated:
-        console.print("(more pending jobs not shown: raise --limit, or drop --jobs for one row per task)")
-    wt = report.weights
-    console.print(f"priority = {wt['fairshare']:g} x fairshare + {wt['age']:g} x age + {wt['priority']:g} x task "
-                  f"priority (+{wt['scout']:g} while scouting); pos = place in its queue's dispatch order",
-                  markup=False, style="dim")
+        say(report.run_as_note, markup=False)
 
 
 def job_why(e: JobExplanation) -> None:
@@ -171,30 +116,6 @@ def job_why(e: JobExplanation) -> None:
         console.print(f"  priority {e.total:.0f} = fairshare {w['fairshare']:.0f} + age {w['age']:.0f} + "
                       f"task priority {w['priority']:.0f} + scout {w['scout']:.0f}", markup=False)
     console.print(f"  why: {e.reason}", markup=False)
-
-
-def usage_table(report: UsageReport) -> None:
-    """`maestro usage`: per-user shares, decayed usage and the fair-share factor (like sshare)."""
-    table = Table()
-    accounts = any(r.account for r in report.rows)
-    columns = ("user", *(("account",) if accounts else ()), "share", "norm share", "usage h", "effective h",
-               "norm usage", "fairshare", "running", "queued", "held", "cap")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("user", "account") else "right")
-    for r in report.rows:
-        cap = "none" if r.cap <= 0 else f"{r.cap}{'' if r.cap_from == 'user' else ' (default)'}"
-        table.add_row(
-            r.user, *((r.account or "-",) if accounts else ()), f"{r.share:g}", f"{r.norm_share:.3f}", f"{r.usage / 3600:.1f}", f"{r.effective / 3600:.1f}",
-            f"{r.norm_usage:.3f}", f"{r.fairshare:.3f}{'' if r.ranked else '*'}", str(r.running), str(r.queued),
-            str(r.held), cap,
-        )
-    console.print(table)
-    if not report.rows:
-        console.print("no users")
-    console.print(
-        f"usage: weighted slot-hours, halved every {report.half_life_days:g} days; effective = usage + what the "
-        "running jobs will weigh; * = nothing queued: the factor it would have if it queued now",
-        markup=False, style="dim")
 
 
 def _clock(seconds: float) -> str:
@@ -288,19 +209,9 @@ def status(report: StatusReport) -> None:
     if live.last_cycle_at is not None:
         console.print(f"  last cycle     {when(live.last_cycle_at)} ({ago(live.now - live.last_cycle_at)} ago)",
                       markup=False)
-    table = Table(title=None)
-    for column in ("queue", "used", "total", "free"):
-        table.add_column(column, justify="left" if column == "queue" else "right")
-    for q in report.queues:
-        table.add_row(f"{q.cluster}/{q.queue}", str(q.busy), str(q.slots), str(q.free))
-    console.print(table)
+    listing.block(tables.slots(report.queues))
     if report.users:
-        table = Table(title=None)
-        for column in ("user", "queued", "held", "running"):
-            table.add_column(column, justify="left" if column == "user" else "right")
-        for u in report.users:
-            table.add_row(u.user, str(u.queued), str(u.held), str(u.running))
-        console.print(table)
+        listing.block(tables.loads(report.users))
     else:
         console.print("users            nothing queued or running", markup=False)
     if report.holds:

@@ -6,6 +6,7 @@ directly usable as numpy arrays by the fair-share policy.
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Float,
@@ -69,6 +70,11 @@ class Dataset(Base):
     n_files: Mapped[int] = mapped_column(Integer)
     total_size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
+    # `orchestra_registry --from-task`: the task whose output root this dataset is (migration 0008).
+    # Its files are recorded when a dependent task is expanded (n_files is 0 until then). No foreign
+    # key: tasks already reference datasets, and a cycle of keys makes every schema tool guess an
+    # order; task ids are never reused (AUTOINCREMENT), so an id without its task means "deleted".
+    source_task_id: Mapped[int | None] = mapped_column(Id)
 
 
 class DatasetFile(Base):
@@ -241,3 +247,31 @@ class QueueHold(Base):
     retry_at: Mapped[float] = mapped_column(Float)  # no launch there before this (epoch s); then one probe
     backoff: Mapped[float] = mapped_column(Float)  # seconds until the next probe after a failed one
     tries: Mapped[int] = mapped_column(Integer, default=1)  # failed launches (the first one and the probes)
+
+
+class TaskEvent(Base):
+    """A task's history: who changed what, from what to what (`maestro task edit`; migration 0008).
+
+    `details` maps each changed field to {"from": old, "to": new}. On PostgreSQL rows are written
+    only by the owner's checked function (`orchestra_task_edit`), with `actor` = session_user.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = (Index("ix_task_events_task_id", "task_id"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(64))
+    what: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict] = mapped_column(JSON)
+
+
+class TaskDependency(Base):
+    """`task create --after` / `--after-any`: the task is not expanded until its dependency is
+    completed (`after`) or in any final state (`after_any`). Recorded once, at creation."""
+
+    __tablename__ = "task_dependencies"
+    __table_args__ = (Index("ix_task_dependencies_depends_on_id", "depends_on_id"),)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    depends_on_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "after" or "after_any"

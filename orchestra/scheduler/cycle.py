@@ -37,6 +37,7 @@ from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.heads import queue_heads
 from orchestra.scheduler.lease import Lease
+from orchestra.services import dependencies
 from orchestra.services.context import Context
 from orchestra.services.queue import policy_input, queue_charge, scout_progress
 from orchestra.security.privileged import remove_task_rows
@@ -489,7 +490,8 @@ class Scheduler:
     def expand(self, report: CycleReport) -> None:
         with self.tx() as session:
             registered = session.scalars(
-                select(Task.id).where(Task.status == TaskStatus.REGISTERED.value, Task.request.is_(None)).order_by(Task.id)
+                select(Task.id).where(Task.status == TaskStatus.REGISTERED.value, Task.request.is_(None),
+                                      dependencies.ready_clause()).order_by(Task.id)  # not while it waits
             ).all()
         for task_id in registered:
             with self.tx() as session:  # one task, one transaction
@@ -569,12 +571,16 @@ class Scheduler:
 
     @staticmethod
     def _broken_reason(session: Session, task_id: int, n_scouts: int) -> str:
+        from orchestra.reasons import ended
+
         rows = session.execute(
-            select(JOBS.c.index, JOBS.c.exit_code, JOBS.c.reason).where(
+            select(JOBS.c.id, JOBS.c.index, JOBS.c.exit_code, JOBS.c.reason, TASKS.c.max_time)
+            .join(TASKS, TASKS.c.id == JOBS.c.task_id).where(
                 JOBS.c.task_id == task_id, JOBS.c.is_scout.is_(True), JOBS.c.status == JobStatus.FAILED.value)
             .order_by(JOBS.c.index)
         ).all()
-        codes = ", ".join(f"job {i}: {why or f'exit code {code}'}" for i, code, why in rows[:5])
+        # Job ids (what `maestro job logs` takes), the index beside them; each reason composed once.
+        codes = ", ".join(f"job {j} (#{i}): {ended('failed', code, why, limit)}" for j, i, code, why, limit in rows[:5])
         return (f"{len(rows)} of {n_scouts} scout job(s) failed ({codes}); fix the command or image, then "
                 "`maestro task retry` runs the scouts again (`maestro task show` has their logs)")
 

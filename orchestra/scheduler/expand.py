@@ -19,6 +19,7 @@ from orchestra.errors import OrchestraError
 from orchestra.paths import trusted_output_root
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.services.datasets import config_paths
+from orchestra.services.task_outputs import record_outputs
 from orchestra.states import JobStatus, TaskStatus
 
 BATCH = 50_000  # rows per bulk statement; a crash between two rolls both back
@@ -61,6 +62,10 @@ def expand_task(session: Session, task_id: int, now: float | None = None, *, set
         root = str(trusted_output_root(storage, task.owner, task.name))
     except OrchestraError as exc:
         return broken(f"its output directory cannot be trusted: {exc}")
+    if task.config_dataset_id is not None:  # a --from-task dataset gets its files now (task_outputs.py)
+        why = record_outputs(session, task.config_dataset_id, settings or load_settings())
+        if why is not None:
+            return broken(why)
     data_path = session.scalar(select(Dataset.path).where(Dataset.id == task.data_dataset_id))
     configs = config_paths(session, task.config_dataset_id) if task.config_dataset_id else []
     if data_path is None or not configs:

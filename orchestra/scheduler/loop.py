@@ -32,9 +32,10 @@ from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
 from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
 from orchestra.scheduler.lease import LeaseLost
+from orchestra.services import dependencies
 from orchestra.services.context import WAKEUP_CHANNEL, Context
 from orchestra.services.status import Heartbeat
-from orchestra.states import LIVE_ATTEMPT, TaskStatus
+from orchestra.states import FINAL_TASK, LIVE_ATTEMPT, TaskStatus
 
 log = logging.getLogger("orchestra.scheduler")
 OUTAGE_MAX_WAIT = 60.0  # seconds between tries while a backend stays unavailable
@@ -199,8 +200,8 @@ class PassSummary:
 def idle_summary(ctx: Context) -> str | None:
     """`--until-idle`'s last line once nothing can run without a user's action, else None.
 
-    Not idle while there is a live attempt, a pending kill or delete, a registered task (the next
-    full cycle expands it), queued jobs of a scouting or running task in a queue with slots, or
+    Not idle while there is a live attempt, a pending kill or delete, a registered task that waits
+    for no dependency (the next full cycle expands it), queued jobs of a scouting or running task in a queue with slots, or
     queued jobs of a broken task (the next pass kills them). Read right after a pass, whose task
     step has settled every other scouting or running task. The line says what remains, e.g.
     `idle: 2 tasks broken, 1 killed; nothing can run without a user's action`.
@@ -213,7 +214,13 @@ def idle_summary(ctx: Context) -> str | None:
         rows = conn.execute(
             sql_select(Task.status, Task.cluster, Task.queue, func.count(), func.count(Task.request),
                        func.sum(Task.n_queued))
-            .where(Task.status != TaskStatus.COMPLETED.value).group_by(Task.status, Task.cluster, Task.queue)).all()
+            .where(Task.status != TaskStatus.COMPLETED.value)
+            .where((Task.status != TaskStatus.REGISTERED.value) | dependencies.ready_clause())
+            .group_by(Task.status, Task.cluster, Task.queue)).all()
+        # Registered tasks waiting for a dependency: nothing for them until it is done (if it can
+        # be, the dependency itself is work that keeps the loop going).
+        waiting = conn.execute(sql_select(func.count()).select_from(Task).where(
+            Task.status == TaskStatus.REGISTERED.value, ~dependencies.ready_clause())).scalar() or 0
     remaining: Counter[str] = Counter()
     unrunnable = 0  # queued jobs in a queue without slots (or not configured)
     for status, cluster, queue, n, requests, queued in rows:
@@ -223,7 +230,9 @@ def idle_summary(ctx: Context) -> str | None:
             return None
         remaining[status] += n
         unrunnable += queued or 0
-    listed = [(status, remaining[status]) for status in TaskStatus if remaining[status]]
+    listed: list[tuple[str, int]] = [(status.value, remaining[status]) for status in TaskStatus if remaining[status]]
+    if waiting:
+        listed.append(("waiting for a dependency", waiting))
     if not listed:
         return "idle: nothing queued or running"
     parts = [f"{n} {('task ' if n == 1 else 'tasks ') if i == 0 else ''}{status}"
@@ -305,6 +314,10 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
                 say(report.line())
             else:
                 passes.add(report, say)
+                if any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK):
+                    # A task ended in this short pass: a task waiting for it (`--after`) is expanded
+                    # by a full cycle, due now rather than one interval later.
+                    next_full = 0.0
             heartbeat.beat(full=full)  # at most one write per second for short passes
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break

@@ -12,15 +12,15 @@ demos and tests, with those users' (non-admin) powers.
 from __future__ import annotations
 
 import getpass
-import re
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
 from orchestra.db.engine import is_sqlite
 from orchestra.errors import OrchestraError
+from orchestra.naming import USER_NAME, USER_NAME_RULE
 
-USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,62}")  # fullmatch: `$` would accept a trailing newline
+__all__ = ["USER_NAME", "Identity", "check_user_name", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,13 @@ class Identity:
     scheduler: bool  # `actor` may run the scheduler service
 
 
-def check_user_name(name: str, where: str) -> str:
+def check_user_name(name: str, where: str, fix: str = "use a login name") -> str:
+    """Refuse a name that could not be the <owner> of a dataset or task name (orchestra/naming.py).
+
+    Every identity passes here before it owns anything, so no later message suggests an invalid
+    name such as `user.Bob Smith.<name>`."""
     if not USER_NAME.fullmatch(name):
-        raise OrchestraError(
-            f"{where} {name!r} is not a valid user name; use a login name: lower-case letters, digits, '_' "
-            "or '-', starting with a letter or '_', at most 63 characters"
-        )
+        raise OrchestraError(f"{where} {name!r} is not a valid user name ({USER_NAME_RULE}); {fix}")
     return name
 
 
@@ -46,12 +47,16 @@ def resolve(engine: Engine, env_user: str | None, login: str | None = None) -> I
         check_user_name(env_user, "ORCHESTRA_USER")
     if is_sqlite(engine):
         login = login or getpass.getuser()
+        if env_user is None:
+            check_user_name(login, "your login", "set ORCHESTRA_USER to a valid name to use Orchestra as that user")
         user = env_user or login
         return Identity(user=user, actor=login, admin=user == login, scheduler=True)
     with engine.connect() as conn:
         actor, actor_admin, scheduler = conn.execute(text(
             "SELECT session_user, orchestra_is_admin(), pg_has_role(session_user, 'orchestra_scheduler', 'MEMBER')"
         )).one()
+        check_user_name(actor, "your database role",
+                        "ask an admin for a role named like a login (orchestra user add NAME)")
         if env_user is None or env_user == actor:
             return Identity(user=actor, actor=actor, admin=bool(actor_admin), scheduler=bool(scheduler))
         if not actor_admin:

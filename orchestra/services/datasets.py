@@ -173,15 +173,16 @@ def list_datasets(ctx: Context, owner: str | None = None) -> list[DatasetInfo]:
         return [_info(d, o) for d, o in session.execute(query)]
 
 
-def show(ctx: Context, name: str, limit: int = 20) -> tuple[DatasetInfo, list[tuple[str, int]]]:
+def show(ctx: Context, name: str, limit: int | None = 20) -> tuple[DatasetInfo, list[tuple[str, int]]]:
+    """A dataset and its first `limit` files in job order (None: all of them)."""
     with ctx.transaction() as session:
         dataset, owner = get(session, name)
-        files = session.execute(
+        query = (
             select(DatasetFile.path, DatasetFile.size)
             .where(DatasetFile.dataset_id == dataset.id)
             .order_by(DatasetFile.position)
-            .limit(limit)
-        ).all()
+        )
+        files = session.execute(query.limit(limit) if limit else query).all()
         return _info(dataset, owner), [(p, s) for p, s in files]
 
 

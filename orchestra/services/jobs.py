@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestra import logcap
-from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.db.models import Attempt, Job
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.services.context import Context
 from orchestra.services.tasks import find
-from orchestra.states import LIVE_JOB, JobStatus
+from orchestra.states import FINAL_JOB, LIVE_ATTEMPT, AttemptStatus, JobStatus
+
+PENDING = (JobStatus.HELD, JobStatus.QUEUED)
 
 
 @dataclass(frozen=True)
@@ -42,54 +44,92 @@ class JobRow:
         return (self.ended_at or time.time()) - self.started_at
 
 
-def list_jobs(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200) -> list[JobRow]:
+@dataclass(frozen=True)
+class JobPage:
+    """The jobs a listing shows, and how many matched: a listing cut by --limit says so."""
+
+    rows: list[JobRow]
+    total: int
+
+
+def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200) -> JobPage:
+    """A task's jobs in index order with their latest attempt, at most `limit` (0: all); `reason`
+    is composed once (orchestra.reasons: "exit code 3", "timeout after 2h", ...) or None."""
+    from orchestra.reasons import ended
+
     if status is not None and status not in {s.value for s in JobStatus}:
         raise OrchestraError(f"--status {status!r} is unknown; use one of: {', '.join(s.value for s in JobStatus)}")
+    if limit < 0:
+        raise OrchestraError("--limit must be 0 (all) or more")
     with ctx.transaction() as session:
         task, _ = find(session, task_ref)
+        where = [Job.task_id == task.id] + ([Job.status == status] if status else [])
         query = (
             select(Job, Attempt.host, Attempt.log_path)
             .outerjoin(Attempt, (Attempt.job_id == Job.id) & (Attempt.number == Job.attempts))
-            .where(Job.task_id == task.id)
+            .where(*where)
             .order_by(Job.index)
-            .limit(limit)
         )
-        if status:
-            query = query.where(Job.status == status)
-        return [
-            JobRow(j.id, j.index, j.is_scout, j.status, j.attempts, j.exit_code, j.reason, host, j.started_at,
+        rows = [
+            JobRow(j.id, j.index, j.is_scout, j.status, j.attempts, j.exit_code,
+                   ended(j.status, j.exit_code, j.reason, task.max_time) or j.reason or None, host, j.started_at,
                    j.ended_at, log)
-            for j, host, log in session.execute(query)
+            for j, host, log in session.execute(query.limit(limit) if limit else query)
         ]
+        total = len(rows) if not limit or len(rows) < limit else (
+            session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+        return JobPage(rows, total)
+
+
+def list_jobs(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200) -> list[JobRow]:
+    """`job_page`'s rows."""
+    return job_page(ctx, task_ref, status, limit).rows
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What a follower sees of a job at one poll: the job, and attempt `number` if it exists."""
+
+    status: str
+    attempts: int
+    exit_code: int | None
+    reason: str | None
+    attempt: tuple[str, str | None, float | None, str | None] | None  # status, host, started_at, log_path
+
+
+def _look(ctx: Context, job_id: int, number: int) -> _Look:
+    with ctx.transaction() as session:
+        row = session.execute(
+            select(Job.status, Job.attempts, Job.exit_code, Job.reason).where(Job.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist (any more); `maestro job list -t TASK` shows job ids")
+        attempt = session.execute(
+            select(Attempt.status, Attempt.host, Attempt.started_at, Attempt.log_path)
+            .where(Attempt.job_id == job_id, Attempt.number == number)).first()
+        return _Look(row[0], row[1], row[2], row[3], tuple(attempt) if attempt else None)  # type: ignore[arg-type]
 
 
 def _attempt(ctx: Context, job_id: int, number: int | None, wait: bool = False) -> tuple[str | None, str, int]:
     """The log path, job status and number of an attempt (default: the latest). With `wait`, a job
-    that has not started yet (held or queued) is waited for instead of refused."""
+    that has not started yet (held or queued) is not refused: its number is the first attempt's, 1,
+    and its log None until it starts (the follower waits for it)."""
     if not known_job_id(job_id):
         raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
-    told = False
-    while True:
-        with ctx.transaction() as session:
-            row = session.execute(
-                select(Job.status, Job.attempts, User.name).join(Task, Task.id == Job.task_id)
-                .join(User, User.id == Task.owner_id).where(Job.id == job_id)
-            ).first()
-            if row is None:
-                raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
-            status, attempts, _owner = row
-            wanted = number or attempts
-            if wanted:
-                log = session.scalar(select(Attempt.log_path).where(Attempt.job_id == job_id, Attempt.number == wanted))
-                if log is None:
-                    raise NotFound(f"job {job_id} has no attempt {wanted}; it has {attempts}")
-                return log, status, wanted
-            if not wait or status not in (JobStatus.HELD, JobStatus.QUEUED):
-                raise OrchestraError(f"job {job_id} has not started yet ({status}); no log so far")
-        if not told:
-            sys.stderr.write(f"job {job_id} is {status}; waiting for it to start (Ctrl-C stops)\n")
-            told = True
-        time.sleep(0.5)
+    with ctx.transaction() as session:
+        row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
+        status, attempts = row
+        wanted = number or attempts
+        if wanted:
+            found = session.execute(select(Attempt.log_path).where(Attempt.job_id == job_id,
+                                                                   Attempt.number == wanted)).first()
+            if found is None:
+                raise NotFound(f"job {job_id} has no attempt {wanted}; it has {attempts}")
+            return found[0], status, wanted
+        if not wait or status not in PENDING:
+            raise OrchestraError(f"job {job_id} has not started yet ({status}); no log so far")
+        return None, status, 1
 
 
 CHUNK = 64 * 1024  # what a read or a write of a log moves at a time: memory stays constant
@@ -230,28 +270,98 @@ class _Reader:
         return True
 
 
+def _say(line: str) -> None:
+    """A follower's own line (which attempt, waiting, the end): on stderr, so stdout is the log alone."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def attempt_header(job_id: int, number: int, host: str | None, started_at: float | None) -> str:
+    """`==> attempt 2 of job 13 (node1, started 2026-12-01 10:00:03 +0000) <==`, like tail's file headers."""
+    where = [host] if host else []
+    if started_at:
+        where.append("started " + time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started_at)))
+    return f"==> attempt {number} of job {job_id} ({', '.join(where) or 'starting'}) <=="
+
+
+def _follow(ctx: Context, job_id: int, number: int, only: bool, tail: int | None, out: BinaryIO) -> None:
+    """Follow attempt `number` of a job, then (unless `only`) each later attempt in turn, waiting
+    for the job while it is queued or held, until it has ended for good.
+
+    Each poll reads the database first and the log second: once an attempt is seen ended, the
+    read that follows has every byte it wrote."""
+    reader: _Reader | None = None
+    shown = False  # some bytes of the current attempt's log were found
+    told: tuple[int, str] | None = None  # the last "waiting" line said, not repeated
+    while True:
+        seen = _look(ctx, job_id, number)
+        if seen.attempt is None:
+            if seen.status in FINAL_JOB:
+                _say(f"==> job {job_id} ended ({_ending(seen)}) <==")
+                return
+            if told != (number, seen.status):
+                _say(f"job {job_id} is {seen.status}; waiting for attempt {number} to start (Ctrl-C stops)")
+                told = (number, seen.status)
+            time.sleep(POLL)
+            continue
+        status, host, started_at, log = seen.attempt
+        over = status not in LIVE_ATTEMPT or seen.attempts > number or seen.status in FINAL_JOB
+        if reader is None and status == AttemptStatus.STARTING and not over:
+            # Dispatched, not running yet (a pod waiting for a node): the header waits for its host.
+            if told != (number, status):
+                _say(f"attempt {number} of job {job_id} is starting; waiting for it to run (Ctrl-C stops)")
+                told = (number, status)
+            time.sleep(POLL)
+            continue
+        if reader is None:
+            _say(attempt_header(job_id, number, host, started_at))
+            reader = _Reader(log, tail, out) if log else None
+            shown, tail = False, None  # --tail applies to the first attempt shown only
+        if reader is not None:
+            shown = reader.read() or shown
+        if not over:
+            time.sleep(POLL)
+            continue
+        if not shown:
+            _say(f"(attempt {number} of job {job_id} left no log{f' at {log}' if log else ''})")
+        if only or (seen.status in FINAL_JOB and seen.attempts <= number):
+            if not only:
+                _say(f"==> job {job_id} ended ({_ending(seen)}) <==")
+            return
+        number, reader = number + 1, None
+
+
+def _ending(seen: _Look) -> str:
+    from orchestra.reasons import ended
+
+    why = ended(seen.status, seen.exit_code, seen.reason)
+    return f"{seen.status}: {why}" if why and why != seen.status else seen.status
+
+
+POLL = 0.5  # seconds between two looks of a follower at the database and the log
+
+
 def stream_log(ctx: Context, job_id: int, number: int | None = None, follow: bool = False,
                tail: int | None = None) -> None:
     """Copy the log to stdout in CHUNK-sized pieces (never the whole file in memory), after a line
     saying how much of its start was cut to keep it under its cap (orchestra.logcap), if any.
 
-    `tail`: only the last `tail` lines. `follow`: keep going until the job is no longer live (and
-    wait for a job that has not started yet)."""
+    `tail`: only the last `tail` lines. `follow`: wait for a job that has not started yet (held or
+    queued), follow its latest attempt and then each next one (a retry, a lost attempt run again)
+    until the job has ended for good; a line on stderr names each attempt as it begins
+    (`==> attempt 2 of job 13 (host, started ...) <==`), so stdout carries the log alone. With
+    `number` as well, only that attempt is followed, until it ends."""
     if tail is not None and tail < 0:
         raise OrchestraError("--tail must be 0 or more")
-    log, status, number = _attempt(ctx, job_id, number, wait=follow)
+    log, status, first = _attempt(ctx, job_id, number, wait=follow)
+    if follow:
+        _follow(ctx, job_id, first, number is not None, tail, _binary_stdout())
+        return
     if log is None:
-        raise OrchestraError(f"attempt {number} of job {job_id} has no log")
-    reader = _Reader(log, tail, _binary_stdout())
-    hint = "" if follow else "; try --follow"
-    while True:
-        if not reader.read() and not follow:
-            raise OrchestraError(f"log {log} of job {job_id} is not there (yet){hint}")
-        if not follow:
-            return
-        with ctx.transaction() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id)) or ""
-        if status not in LIVE_JOB and status != JobStatus.QUEUED:
-            follow = False  # one last read picks up the tail
-        else:
-            time.sleep(0.5)
+        raise OrchestraError(f"attempt {first} of job {job_id} has no log")
+    if not _Reader(log, tail, _binary_stdout()).read():
+        raise OrchestraError(f"log {log} of job {job_id} is not there (yet); try --follow")

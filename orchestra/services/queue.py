@@ -39,6 +39,7 @@ from orchestra.db.bulk import one_of
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound
+from orchestra.services import dependencies
 from orchestra.services.context import Context
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, scout_verdict, scouts_needed
 
@@ -356,6 +357,8 @@ class QueueReport:
     jobs_truncated: bool = False
     # Said when the config runs local jobs as the scheduler's own account (the personal mode).
     run_as_note: str | None = None
+    pending_jobs: int = 0  # queued and held jobs of the rows' tasks (with --jobs: what "N of M shown" counts)
+    jobs_shown: int = 0  # with --jobs: the job rows shown
 
 
 def _user_id(session: Session, name: str) -> int:
@@ -493,6 +496,7 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
         progress = scout_progress(session, scouting)
         live = _live_counts(session, [t.id for t in tasks if t.request is not None])
         unconfigured = {t.id for t in view.unconfigured}
+        waits = dependencies.blocking(session, [t.id for t in tasks if t.status == TaskStatus.REGISTERED])
         rows: list[QueueRow] = []
         for t in tasks:
             if t.request is not None:
@@ -501,8 +505,9 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
                                                          "job(s) are being stopped (SIGTERM, then SIGKILL after the grace)"))
                 continue
             if t.status == TaskStatus.REGISTERED:
-                rows.append(_group_row(t, "registered", t.n_jobs,
-                                       "task held: waiting for the scheduler to expand it (next cycle)"))
+                reason = (f"task held: {dependencies.describe(waits[t.id])}" if t.id in waits
+                          else "task held: waiting for the scheduler to expand it (next cycle)")
+                rows.append(_group_row(t, "registered", t.n_jobs, reason))
                 continue
             if t.n_queued > 0:
                 i = ex.task_index.get(t.id)
@@ -520,8 +525,10 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
                 rows.append(_group_row(t, "held", held[t.id],
                                        _scout_wait(settings, t.n_scouts, progress.get(t.id, (0, 0)))))
         truncated = False
-        if jobs:
-            rows, truncated = _expand_jobs(session, ex, rows, limit)
+        pending_jobs = sum(r.pending for r in rows if r.state in ("queued", "held"))
+        if jobs:  # --limit 0: every pending job
+            rows, truncated = _expand_jobs(session, ex, rows, limit if limit > 0 else pending_jobs)
+        shown = sum(1 for r in rows if r.job_id is not None)
         rows += _waiting_in_cluster(session, owner, task_id)
         rows.sort(key=_row_order)
         states = queue_states(view)
@@ -531,7 +538,7 @@ def queue_report(ctx: Context, user: str | None = None, task: str | None = None,
         local = any(c.backend == "local" for c in settings.clusters.values())
         note = ("local jobs run as the scheduler's own account, not as their owners (run_jobs_as = \"scheduler\")"
                 if local and settings.scheduler.run_jobs_as == "scheduler" else None)
-        return QueueReport(now, rows, states, weights, truncated, note)
+        return QueueReport(now, rows, states, weights, truncated, note, pending_jobs=pending_jobs, jobs_shown=shown)
 
 
 def _group_row(t: PendingTask, state: str, pending: int, reason: str, *, scouts: bool = False,
@@ -689,7 +696,7 @@ def explain_job(ctx: Context, job_id: int, now: float | None = None) -> JobExpla
         row = session.execute(
             select(Job.id, Job.index.label("job_index"), Job.status, Job.is_scout, Job.reason, Job.started_at,
                    Job.ended_at, Job.exit_code, Task.id.label("task_id"), Task.name, Task.status.label("task_status"),
-                   Task.request, Task.n_scouts, Task.cluster, Task.queue, User.name.label("owner"))
+                   Task.request, Task.n_scouts, Task.cluster, Task.queue, Task.max_time, User.name.label("owner"))
             .join(Task, Task.id == Job.task_id).join(User, User.id == Task.owner_id).where(Job.id == job_id)
         ).first()
         if row is None:
@@ -709,8 +716,10 @@ def explain_job(ctx: Context, job_id: int, now: float | None = None) -> JobExpla
             out.reason = f"{row.status}{since}: not pending"
             return out
         if row.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.KILLED):
-            code = f", exit code {row.exit_code}" if row.exit_code is not None else ""
-            out.reason = f"finished: {row.status}{code}{f' ({row.reason})' if row.reason else ''}"
+            from orchestra.reasons import ended
+
+            how = ended(row.status, row.exit_code, row.reason, row.max_time)
+            out.reason = f"finished: {row.status}{f' ({how})' if how else ''}"
             return out
         if row.status == JobStatus.HELD:
             if row.task_status == TaskStatus.SCOUTING:

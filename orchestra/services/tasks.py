@@ -19,10 +19,10 @@ from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.naming import check_ownership
 from orchestra.security import privileged
-from orchestra.services import datasets
+from orchestra.services import create_checks, datasets, dependencies, task_outputs
 from orchestra.services.context import Context
 from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
-from orchestra.states import FINAL_JOB, TaskAction, TaskStatus, user_move
+from orchestra.states import FINAL_JOB, JobStatus, TaskAction, TaskStatus, user_move
 
 DRY_RUN_SHOWN = 5
 
@@ -39,6 +39,8 @@ class TaskRequest:
     max_retries: int | None = None
     max_time: str | None = None
     priority: int = 0
+    after: tuple[str, ...] = ()  # start when these tasks are completed (services/dependencies.py)
+    after_any: tuple[str, ...] = ()  # start when these tasks are in any final state
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class CreatedTask:
     queue: str
     cluster: str
     first_commands: list[str]
+    waits_for: tuple[str, ...] = ()  # dependencies not satisfied yet, described ("user.x.prep (running)")
+    jobs_later: bool = False  # its config dataset's files are recorded when it is expanded (--from-task)
 
 
 @dataclass
@@ -63,12 +67,13 @@ class TaskSummary:
     priority: int
     n_jobs: int
     created_at: float
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # every JobStatus, zeros included
     reason: str | None = None
     request: str | None = None
 
     @property
-    def done(self) -> int:
+    def ended(self) -> int:
+        """Jobs that ended, whichever way (succeeded, failed, killed): what the progress bar fills."""
         return sum(self.counts.get(s, 0) for s in FINAL_JOB)
 
 
@@ -91,23 +96,30 @@ def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedT
                 f"config dataset {config.name!r} is on cluster {config.cluster} but data dataset {data.name!r} "
                 f"is on {data.cluster}; register both on the same cluster"
             )
-        if config.n_files == 0:
+        deps = dependencies.resolve(session, req.name, owner, req.after, req.after_any)
+        create_checks.check_pending_datasets(session, config, data, deps)
+        jobs_later = task_outputs.pending(config)
+        if config.n_files == 0 and not jobs_later:
             raise OrchestraError(f"config dataset {config.name!r} has no files; register a directory with files")
+        create_checks.check_files_exist(session, config, data)
         cluster = ctx.settings.cluster(config.cluster)
         queue = req.queue or cluster.default_queue
         if queue not in cluster.queues:
             raise OrchestraError(
                 f"queue {queue!r} does not exist on cluster {cluster.name}; use one of: {', '.join(cluster.queues)}"
             )
-        n_scouts = 0 if req.bypass else min(ctx.settings.scheduler.scouts, config.n_files)
+        planned = config.n_files or ctx.settings.scheduler.scouts  # unknown yet (--from-task): the expansion caps it
+        n_scouts = 0 if req.bypass else min(ctx.settings.scheduler.scouts, planned)
         root = expansion.output_root(str(cluster.storage), owner, req.name)
+        create_checks.check_fresh_output_root(root, req.name)
+        waits_for = tuple(dependencies.describe([d]) for d in deps if not d.satisfied)
         first = [
             job.command
             for job in expansion.expand(
                 req.command, data.path, datasets.config_paths(session, config.id, DRY_RUN_SHOWN), root
             )
         ]
-        result = CreatedTask(None, req.name, config.n_files, n_scouts, queue, cluster.name, first)
+        result = CreatedTask(None, req.name, config.n_files, n_scouts, queue, cluster.name, first, waits_for, jobs_later)
         if dry_run:
             session.rollback()
             return result
@@ -128,9 +140,11 @@ def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedT
         except IntegrityError:  # the same name, created by another command in the meantime
             raise OrchestraError(f"task name {req.name!r} already taken (just now, by another command); "
                                  "choose another name") from None
+        dependencies.record(session, task_id, deps)
         ctx.audit(session, "task create", req.name)
         ctx.wake_scheduler(session)
-        return CreatedTask(task_id, req.name, config.n_files, n_scouts, queue, cluster.name, first)
+        return CreatedTask(task_id, req.name, config.n_files, n_scouts, queue, cluster.name, first, waits_for,
+                           jobs_later)
 
 
 def find(session: Session, ref: str) -> tuple[Task, str]:
@@ -156,9 +170,10 @@ def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int
 
 
 def _summary(task: Task, owner: str, counts: dict[str, int]) -> TaskSummary:
+    every = {s.value: counts.get(s.value, 0) for s in JobStatus}  # one vocabulary: every state, always
     return TaskSummary(
         task.id, task.name, owner, task.cluster, task.queue, task.status, task.priority, task.n_jobs,
-        task.created_at, counts, task.reason, task.request,
+        task.created_at, every, task.reason, task.request,
     )
 
 
@@ -178,10 +193,15 @@ def list_tasks(ctx: Context, owner: str | None = None, status: str | None = None
 
 @dataclass(frozen=True)
 class FailedAttempt:
+    """A failed (or lost) attempt as `task show` lists it: the job's id (what `maestro job logs`
+    takes) beside its index, and the reason composed once (orchestra.reasons)."""
+
+    job_id: int
     job_index: int
     attempt: int
+    status: str  # "failed" or "lost"
     exit_code: int | None
-    reason: str | None
+    reason: str
     log_tail: str
 
 
@@ -198,6 +218,7 @@ class TaskDetail:
     config_dataset: str | None
     data_dataset: str | None
     failed: list[FailedAttempt]
+    failed_total: int = 0  # failed and lost attempts in all; `failed` holds the first of them
 
 
 def tail(path: str | None, lines: int = 10) -> str:
@@ -216,7 +237,9 @@ def tail(path: str | None, lines: int = 10) -> str:
 
 
 def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
+    """Everything about a task, with its first `failures` failed attempts (0: all of them)."""
     from orchestra.db.models import Dataset
+    from orchestra.reasons import ended
 
     with ctx.transaction() as session:
         task, owner = find(session, ref)
@@ -226,18 +249,22 @@ def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
                 select(Dataset.id, Dataset.name).where(Dataset.id.in_([task.config_dataset_id, task.data_dataset_id]))
             ).all()
         )
-        failed_rows = session.execute(
-            select(Job.index, Attempt.number, Attempt.exit_code, Attempt.reason, Attempt.log_path)
-            .join(Attempt, Attempt.job_id == Job.id)
-            .where(Job.task_id == task.id, Attempt.status.in_(["failed", "lost"]))
+        failing = (Job.task_id == task.id) & Attempt.status.in_(["failed", "lost"])
+        query = (
+            select(Job.id, Job.index, Attempt.number, Attempt.status, Attempt.exit_code, Attempt.reason,
+                   Attempt.log_path)
+            .join(Attempt, Attempt.job_id == Job.id).where(failing)
             .order_by(Job.is_scout.desc(), Attempt.id.desc())
-            .limit(failures)
-        ).all()
-        failed = [FailedAttempt(i, n, code, reason, tail(log)) for i, n, code, reason, log in failed_rows]
+        )
+        failed_rows = session.execute(query.limit(failures) if failures > 0 else query).all()
+        failed_total = session.scalar(select(func.count()).select_from(Job).join(Attempt, Attempt.job_id == Job.id)
+                                      .where(failing)) or 0
+        failed = [FailedAttempt(jid, i, n, st, code, ended(st, code, why, task.max_time), tail(log))
+                  for jid, i, n, st, code, why, log in failed_rows]
         return TaskDetail(
             _summary(task, owner, counts), task.image, task.command, task.max_retries, task.max_time, task.bypass,
             task.n_scouts, task.output_root, names.get(task.config_dataset_id), names.get(task.data_dataset_id),
-            failed,
+            failed, failed_total,
         )
 
 
@@ -295,6 +322,7 @@ def delete_task(ctx: Context, ref: str, *, purge: bool = False) -> bool:
     with ctx.transaction() as session:
         task = _owned(ctx, session, ref)
         user_move(task.status, TaskAction.DELETE, task.name)  # allowed in every state
+        dependencies.check_no_waiting_dependents(session, task.id, task.name)
         name, cluster, owner_id = task.name, task.cluster, task.owner_id
         owner = session.scalar(select(User.name).where(User.id == owner_id))
         gone = privileged.delete_task(session, task.id, purge, ctx.user)

@@ -37,7 +37,7 @@ def test_config_show_reports_values_and_their_origin(cli: Cli, env: dict[str, st
     assert (k8s["namespace"], k8s["storage_pvc"], k8s["poll_seconds"], k8s["watch"]) == ("batch", "shared", 2.5, True)
     assert "kubernetes" not in data["clusters"]["LPS"]  # a local cluster has no kubernetes settings
     text = cli.ok("orchestra config show").out
-    assert "scheduler.scouts" in text and f"(file {path})" in text
+    assert "scheduler.scouts\t3\t" in text and f"\tfile {path}\n" in text  # piped: key, value, source as TSV
     assert "accounts.physics" in text and "users=alice, bob" in text
     assert "kubernetes.namespace" in text and "batch" in text
 

@@ -76,3 +76,67 @@ def test_user_commands_by_mode(cli: Cli, db_url: str, owner_name: str) -> None:
         assert "removed the login role dave" in cli.ok("orchestra user remove dave", user=ADMIN).out
     result = cli("orchestra user add eve", user="alice")
     assert result.code == 1 and result.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["bob", "bob_smith", "_svc", "a-b", "x" * 63, "Bob", "Bob Smith", "bob!",
+                                  "1bob", "-bob", "x" * 64, "", "bob\n", "böb"])
+def test_one_policy_for_user_names_and_the_owners_of_names(name: str) -> None:
+    """A user name is valid exactly when it can own `user.<name>.x`: every suggestion of the form
+    `user.<you>.<name>` in an error is then a name that the user may create."""
+    from orchestra.errors import OrchestraError
+    from orchestra.naming import owner_of
+    from orchestra.security.identity import check_user_name
+
+    def accepted(check) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            check()
+            return True
+        except OrchestraError:
+            return False
+
+    as_user = accepted(lambda: check_user_name(name, "ORCHESTRA_USER"))
+    as_owner = accepted(lambda: owner_of(f"user.{name}.x"))
+    assert as_user == as_owner == (name in {"bob", "bob_smith", "_svc", "a-b", "x" * 63})
+
+
+def test_a_login_that_is_not_a_valid_user_name_is_refused_in_one_line(
+        cli: Cli, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: the OS login is the user; PostgreSQL: the role you connect as. Either, if it could not
+    own a dataset name, is refused before anything is written, saying what to do instead."""
+    before = snapshot(db_url)
+    if db_url.startswith("sqlite"):
+        monkeypatch.setenv("LOGNAME", "Bob Smith")  # what getpass.getuser() reads first
+        result = cli("maestro task list", user=ADMIN)
+        assert "your login 'Bob Smith' is not a valid user name" in result.err
+        assert "set ORCHESTRA_USER" in result.err
+        assert cli("maestro task list", user="bob").code == 0  # playing a valid user still works
+    else:
+        from sqlalchemy.engine import make_url
+
+        owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        with owner.connect() as conn:
+            conn.execute(text('CREATE ROLE "Bob Smith" LOGIN PASSWORD \'pw-bob\' IN ROLE orchestra_users'))
+        owner.dispose()
+        before = snapshot(db_url)
+        url = make_url(db_url).set(username="Bob Smith", password="pw-bob").render_as_string(hide_password=False)
+        monkeypatch.setenv("ORCHESTRA_DATABASE_URL", url)
+        result = cli("maestro task list", user=ADMIN)
+        assert "your database role 'Bob Smith' is not a valid user name" in result.err
+        assert "orchestra user add NAME" in result.err
+    assert result.code == 1 and result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert "user.Bob Smith" not in result.err
+    assert snapshot(db_url) == before
+
+
+@pytest.mark.parametrize("name", ["user.Bob Smith.data", "user.Alice.data", "user.bob.smith.data"])
+def test_a_dataset_name_whose_owner_is_not_a_user_name_is_refused(
+        cli: Cli, db_url: str, storage: Path, name: str) -> None:
+    (storage / "data").write_text("d")
+    before = snapshot(db_url)
+    result = cli(f"orchestra_registry -d '{name}' -p {storage / 'data'}", user=ADMIN)
+    if name == "user.bob.smith.data":  # owner bob, dataset smith.data: valid, an admin may register it
+        assert result.code == 0, result.err
+        return
+    assert result.code == 1 and result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert "is not a valid user name" in result.err and "user.<your login>.<name>" in result.err
+    assert snapshot(db_url) == before

@@ -102,8 +102,14 @@ def test_slots_full_positions_and_the_next_cycle_agree(cli: Cli, world: Path, en
     expected = [(r["job_id"], r["position"]) for r in jobs if r["user"] == "bob"]
     assert [(r["job_id"], r["position"]) for r in bobs] == expected
     assert [r["position"] for r in bobs] == [1, 3, 5, 7, 9]
-    limited = json.loads(cli.ok("maestro queue --json --jobs --limit 4").out)
+    cut = cli.ok("maestro queue --json --jobs --limit 4")
+    limited = json.loads(cut.out)
     assert [r["position"] for r in limited["rows"]] == [1, 2, 3, 4] and limited["jobs_truncated"] is True
+    assert limited["jobs_shown"] == 4 and limited["pending_jobs"] >= 18  # never silent: said on stderr too
+    assert f"4 of {limited['pending_jobs']} shown (--limit 0 for all)" in cut.err
+    everything = queue(cli, "--jobs --limit 0")  # 0: all
+    assert [r["position"] for r in everything if r["position"]] == list(range(1, 19))
+    assert len(everything) == len(jobs)
 
     # one more slot: the job at position 1 is "next in line", and it is the one the cycle starts
     set_cpu_slots(env, scheduler, 5)
@@ -207,9 +213,11 @@ def test_scouts_jump_the_queue(cli: Cli, world: Path, sched: tuple[Scheduler, Nu
     assert scouts["weighted"]["scout"] > 0 and scouts["total"] > rows[("user.bob.busy", "queued")]["total"]
     assert scouts["reason"] == "no free slot in queue LPS/cpu (4 of 4 in use)"
     assert rows[("user.alice.s", "held")]["pending"] == 9
-    table = cli.ok("maestro queue -u alice").out
+    piped = cli.ok("maestro queue -u alice")
+    table = piped.out
     assert "3 scouts" in table and "waiting for scouts" in table and "user.bob.busy" not in table
-    assert "local jobs run as the scheduler's own account" in table  # the tests' run_jobs_as = "scheduler"
+    # piped: the lines above the table go to stderr, so stdout stays TSV
+    assert "local jobs run as the scheduler's own account" in piped.err  # the tests' run_jobs_as = "scheduler"
 
 
 def test_killed_task_is_shown_until_its_jobs_stop(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
@@ -225,7 +233,7 @@ def test_killed_task_is_shown_until_its_jobs_stop(cli: Cli, world: Path, sched: 
     assert [r["state"] for r in queue(cli, "-t user.alice.a")] == ["stopping"]
     scheduler.cycle()
     assert queue(cli) == []
-    assert "no pending jobs" in cli.ok("maestro queue").out
+    assert "no pending jobs" in cli.ok("maestro queue").err  # piped: stdout is the TSV header alone
 
 
 def test_usage_numbers(cli: Cli, world: Path, sched: tuple[Scheduler, NullBackend]) -> None:
@@ -236,7 +244,7 @@ def test_usage_numbers(cli: Cli, world: Path, sched: tuple[Scheduler, NullBacken
     rows = {r["user"]: r for r in json.loads(cli.ok("maestro usage --json").out)["rows"]}
     alice, bob = rows["alice"], rows["bob"]
     assert (alice["running"], alice["queued"], alice["held"], alice["ranked"]) == (4, 8, 0, True)
-    assert alice["effective"] == pytest.approx(alice["usage"] + 4 * TAU)
+    assert alice["effective_slot_hours"] == pytest.approx(alice["usage_slot_hours"] + 4 * TAU / 3600)
     assert alice["norm_share"] == 1.0 and alice["norm_usage"] == 1.0 and alice["fairshare"] == 0.5
     [qrow] = queue(cli)
     assert qrow["factors"]["fairshare"] == pytest.approx(alice["fairshare"])
@@ -250,7 +258,7 @@ def test_usage_numbers(cli: Cli, world: Path, sched: tuple[Scheduler, NullBacken
     ("maestro queue -u nobody", "user 'nobody' is unknown"),
     ("maestro usage -u nobody", "user 'nobody' is unknown"),
     ("maestro queue -t user.alice.nope", "task 'user.alice.nope' does not exist"),
-    ("maestro queue --jobs --limit 0", "--limit must be at least 1"),
+    ("maestro queue --jobs --format pos,nope", "--format: unknown column(s) nope; use a comma-separated list of: pos,"),
     ("maestro job why 12345", "job 12345 does not exist"),
 ])
 def test_bad_input(cli: Cli, world: Path, line: str, message: str) -> None:

@@ -206,6 +206,12 @@ ATTACKS = [
     ("make oneself an admin", "SELECT orchestra_add_user('bob', true, true, NULL)"),
     ("remove alice", "SELECT orchestra_remove_user('alice')"),
     ("call the owner's internal check", "SELECT orchestra_owned_task({alice_task}, 'bob')"),
+    ("call job kill for alice's job", "SELECT orchestra_job_kill({alice_job}, 'bob')"),
+    ("call job retry for alice's job", "SELECT orchestra_job_retry({alice_job}, 'bob')"),
+    ("kill one's own job in alice's name", "SELECT orchestra_job_kill({bob_job}, 'alice')"),
+    ("retry alice's job in her name", "SELECT orchestra_job_retry({alice_job}, 'alice')"),
+    ("re-queue one's own queued job through retry", "SELECT orchestra_job_retry({bob_job}, 'bob')"),
+    ("mark alice's attempts stopping", "UPDATE attempts SET stopping = 'killed by bob'"),
     ("read alice's password hash", "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'"),
     ("forge an audit entry", "INSERT INTO audit_log (at, actor, acted_for, action, target) "
                              "VALUES (0, 'alice', 'alice', 'task kill', 'user.alice.t')"),
@@ -371,3 +377,38 @@ def test_user_add_list_remove(world: World, monkeypatch: pytest.MonkeyPatch) -> 
     assert "removed the login role dave" in world.ok("carol", "orchestra user remove dave").out
     result = world.run("carol", "orchestra user add postgres")
     assert result.code == 1 and "exists and is not an Orchestra user" in result.err
+
+
+@POSTGRES_ONLY
+def test_job_kill_and_retry_go_through_the_owners_functions(world: World) -> None:
+    """alice kills and retries her own jobs as her own role (orchestra_job_kill / orchestra_job_retry,
+    migration 0007); an admin may act for her; bob, by the CLI or by calling the functions
+    himself, changes nothing of hers."""
+    with world.owner.connect() as conn:
+        first, second = conn.execute(text("SELECT id FROM jobs WHERE task_id = :t ORDER BY id LIMIT 2"),
+                                     {"t": world.ids["alice_task"]}).scalars().all()
+    assert world.ok("alice", f"maestro job kill {first}").out.startswith(f"killed job {first} ")
+    world.ok("carol", f"maestro job kill {second}", acting_for="alice")
+    before = world.snapshot()
+    for line in (f"maestro job retry {first}", f"maestro job kill {first + 2}"):
+        result = world.run("bob", line)
+        assert result.code == 1 and result.err.count("\n") == 1 and "belongs to 'alice'" in result.err, result.err
+    bob = create_engine(role_url(world.db_url, "bob"))
+    for sql in (f"SELECT orchestra_job_retry({first}, 'bob')", f"SELECT orchestra_job_retry({first}, 'alice')",
+                f"SELECT orchestra_job_kill({first + 2}, 'bob')"):
+        with pytest.raises(DBAPIError, match="belongs to alice, not to bob"):
+            with bob.begin() as conn:
+                conn.execute(text(sql))
+    bob.dispose()
+    assert world.snapshot() == before
+    assert world.ok("alice", f"maestro job retry {first}").out.startswith(f"re-queued job {first} ")
+    with world.owner.connect() as conn:
+        states = conn.execute(text("SELECT status, reason FROM jobs WHERE id IN (:a, :b) ORDER BY id"),
+                              {"a": first, "b": second}).all()
+        n_queued = conn.execute(text("SELECT n_queued FROM tasks WHERE id = :t"), {"t": world.ids["alice_task"]}).scalar()
+        actions = conn.execute(text("SELECT actor, acted_for, action FROM audit_log WHERE action LIKE 'job %' "
+                                    "ORDER BY id")).all()
+    assert [tuple(r) for r in states] == [("queued", None), ("killed", "killed by alice")]
+    assert n_queued == 2  # 3 queued, 1 killed for good
+    assert [tuple(a) for a in actions] == [("alice", "alice", "job kill"), ("carol", "alice", "job kill"),
+                                           ("alice", "alice", "job retry")]

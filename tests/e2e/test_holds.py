@@ -129,8 +129,8 @@ def assert_held_and_uncharged(cli: Cli, ctx: Context, what: str) -> None:
     for row in queued:  # every affected row says why
         assert row["reason"].startswith("queue LPS/cpu held: cannot start jobs: "), row
         assert what in row["reason"] and "since " in row["reason"] and "next try" in row["reason"], row
-    text = cli.ok("maestro queue").out
-    assert "LPS/cpu 0 of 4 slots in use (HELD)" in text and "queue LPS/cpu held: cannot start jobs" in text
+    piped = cli.ok("maestro queue")  # piped: the queues' lines go to stderr, the rows (with the reason) to stdout
+    assert "LPS/cpu 0 of 4 slots in use (HELD)" in piped.err and "queue LPS/cpu held: cannot start jobs" in piped.out
     status = json.loads(cli.ok("orchestra status --json").out)
     assert [(h["kind"], h["target"]) for h in status["holds"]] == [("queue", "LPS/cpu")]
     assert what in status["holds"][0]["reason"] and status["holds"][0]["tries"] >= 3

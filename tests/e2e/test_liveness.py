@@ -73,7 +73,7 @@ def test_running_service_no_warning_fresh_heartbeat_then_sigterm(cli: Cli) -> No
         assert warnings(cli, line) == [], line
     report = status(cli)
     s = report["scheduler"]
-    assert s["heartbeat_age"] < s["threshold"] == 600  # max(2 x 300 s, 3 x 10 s) with the tests' config
+    assert s["heartbeat_age_seconds"] < s["stale_after_seconds"] == 600  # max(2 x 300 s, 3 x 10 s) with the tests' config
     assert s["last_cycle_at"] is not None and s["stopped_at"] is None
     assert f":{service.proc.pid}:" in s["holder"]
     assert {(q["cluster"], q["queue"]): q["slots"] for q in report["queues"]} == {("LPS", "cpu"): 4, ("LPS", "gpu"): 1,
@@ -94,7 +94,7 @@ def test_paused_service_is_reported_stale_then_recovers(cli: Cli, env: dict[str,
     threshold = short_lease(env, storage)
     service = Service()
     service.wait_idle()
-    assert status(cli)["scheduler"]["threshold"] == threshold
+    assert status(cli)["scheduler"]["stale_after_seconds"] == threshold
     until(lambda: not warnings(cli, "maestro task list"), "a running scheduler is not reported", service)
     os.kill(service.proc.pid, signal.SIGSTOP)
     try:
@@ -103,7 +103,7 @@ def test_paused_service_is_reported_stale_then_recovers(cli: Cli, env: dict[str,
             said = warnings(cli, line)
             assert len(said) == 1 and STALE in said[0] and "last heartbeat" in said[0], (line, said)
         s = status(cli)["scheduler"]
-        assert s["state"] == "stale" and s["heartbeat_age"] > threshold
+        assert s["state"] == "stale" and s["heartbeat_age_seconds"] > threshold
     finally:
         os.kill(service.proc.pid, signal.SIGCONT)
     until(lambda: not warnings(cli, "maestro task list"), "the resumed scheduler is seen again", service)

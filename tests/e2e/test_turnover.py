@@ -85,4 +85,4 @@ def test_max_time_is_enforced_between_full_cycles(cli: Cli, storage: Path) -> No
     assert wait_task_done(cli, scheduler, "user.alice.slow", timeout=20) == "partial"  # 300 s interval: not a cycle
     scheduler.stop()
     jobs = json.loads(cli.ok("maestro job list -t user.alice.slow --json").out)
-    assert [(j["status"], j["reason"]) for j in jobs] == [("failed", "timeout")] * 2
+    assert [(j["status"], j["reason"]) for j in jobs] == [("failed", "timeout after 1s")] * 2
