@@ -736,14 +736,24 @@ class Scheduler:
         hold is its queue's, and `maestro queue` / `maestro job why` say it), and the job is queued
         again, at the head of its task's queue. Its next attempt reuses the same number, hence the
         same backend name: a create that did reach the backend after all is adopted, never twice."""
-        gone = session.scalars(
+        deleted = session.execute(
             delete(ATTEMPTS).where(one_of(session, ATTEMPTS.c.backend_name, [s.backend_name for s, _ in launches]),
                                    ATTEMPTS.c.status == AttemptStatus.STARTING.value)
-            .returning(ATTEMPTS.c.job_id)).all()
+            .returning(ATTEMPTS.c.job_id, ATTEMPTS.c.stopping)).all()
+        # A job killed by its user while its launch was on the way (`job kill`, `task kill` mark the
+        # attempt `stopping`) ends killed: putting it back would lose the kill.
+        killed = {r.job_id: r.stopping for r in deleted if r.stopping and r.stopping != "timeout"}
+        gone = [r.job_id for r in deleted if r.job_id not in killed]
         rows = session.execute(
             update(JOBS).where(one_of(session, JOBS.c.id, gone), JOBS.c.status == JobStatus.STARTING.value)
             .values(status=JobStatus.QUEUED.value, attempts=JOBS.c.attempts - 1, started_at=None)
             .returning(JOBS.c.id, JOBS.c.task_id)).all()
         self._add_queued(session, Counter(r.task_id for r in rows))
+        if killed:
+            now = self.clock()
+            bulk_update(session, JOBS, [{"id": job_id, "reason": why} for job_id, why in killed.items()],
+                        where=[JOBS.c.status == JobStatus.STARTING.value],
+                        fixed={"status": JobStatus.KILLED.value, "attempts": JOBS.c.attempts - 1, "ended_at": now})
+            report.counts["killed"] += len(killed)
         report.counts["started"] -= len(launches)
         report.counts["put back (queue held)"] += len(rows)

@@ -264,3 +264,39 @@ def test_the_hold_survives_a_scheduler_restart(cli: Cli, storage: Path, tmp_path
     second.close()
     ctx.engine.dispose()
     shutil.rmtree(tmp_path / "unmounted", ignore_errors=True)
+
+
+def test_a_job_killed_while_its_launch_is_refused_stays_killed(cli: Cli, storage: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`maestro job kill` lands between the dispatch (attempt `starting`) and a launch the cluster
+    refuses: the job is not put back in the queue (that would lose the kill), it ends killed,
+    uncharged; the other jobs run once the cluster works again."""
+    counter = tmp_path / "ran.txt"
+    submit(cli, storage, counter, 2, "--bypass")
+    real = subprocess.Popen
+    killed: list[str] = []
+
+    def popen(args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        """The user's kill reaches the database, then the kernel refuses the fork."""
+        if list(args[:2]) == ["/bin/sh", "-c"] and not killed:
+            index = int(kwargs.get("env", {}).get("ORCHESTRA_JOB", "-1"))
+            rows = json.loads(cli.ok(f"maestro job list -t {TASK} --json").out)
+            job = next(r for r in rows if r["index"] == index)
+            assert job["status"] == "starting", job
+            cli.ok(f"maestro job kill {job['id']}")
+            killed.append(str(job["id"]))
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    ctx = Context.from_env()
+    scheduler = cycles_until(ctx, lambda: task_status(ctx, TASK) in ("completed", "partial"), timeout=120)
+    assert task_status(ctx, TASK) == "partial"
+    rows = {str(r["id"]): r for r in json.loads(cli.ok(f"maestro job list -t {TASK} --json").out)}
+    [victim] = killed
+    assert (rows[victim]["status"], rows[victim]["attempts"]) == ("killed", 0), rows[victim]
+    assert [(r["status"], r["attempts"]) for k, r in rows.items() if k != victim] == [("succeeded", 1)]
+    assert len(counter.read_text().split()) == 1  # the killed job never ran
+    scheduler.lease.release()
+    scheduler.close()
+    ctx.engine.dispose()
