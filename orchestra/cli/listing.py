@@ -49,6 +49,7 @@ class Column:
     kind: str = FIXED
     default: bool = True
     fold: int = 12
+    zeros_drop: bool = False  # a count column that is 0 in every row goes first at a narrow width
 
     @property
     def folds(self) -> bool:
@@ -104,6 +105,9 @@ def plain(cell: Cell) -> str:
 def shown(cell: Cell) -> str:
     """What a table shows of a cell (bars aside)."""
     return cell.text if isinstance(cell, Styled) else plain(cell)
+
+
+shown_text = shown  # the name `fit` can call: it keeps its list of shown columns in `shown`
 
 
 @dataclass
@@ -227,11 +231,17 @@ def fit(columns: Sequence[Column], rows: Sequence[dict[str, Cell]], width: int,
     def total(cols: Sequence[Column]) -> int:
         return sum(_need(c, widest[c.name]) for c in cols) + GAP * (len(cols) - 1)
 
+    empty = {c.name for c in columns if c.zeros_drop and rows and all(shown_text(r.get(c.name, "")) in ("", "0")
+                                                                        for r in rows)}
+
+    def rank(c: Column) -> tuple[int, int]:
+        return (c.priority + (100 if c.name in empty else 0), shown.index(c))
+
     while not keep_all and total(shown) > width:
         droppable = [c for c in shown if c.priority > 1]
         if not droppable:
             break
-        worst = max(droppable, key=lambda c: (c.priority, shown.index(c)))
+        worst = max(droppable, key=rank)
         shown.remove(worst)
     widths = {c.name: _need(c, widest[c.name]) for c in shown}
     spare = width - total(shown)

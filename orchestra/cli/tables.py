@@ -58,12 +58,12 @@ def size(n: int) -> str:
 
 # ------------------------------------------------------------------------------------- tasks
 STATES = [s.value for s in JobStatus]  # held, queued, starting, running, succeeded, failed, killed
-_STATE_PRIORITY = {"held": 5, "queued": 3, "starting": 7, "running": 2, "succeeded": 2, "failed": 2, "killed": 2}
+_STATE_PRIORITY = {"held": 5, "queued": 2, "starting": 7, "running": 2, "succeeded": 2, "failed": 2, "killed": 3}
 
 TASK_COLUMNS = [
     Column("id", 1, NUMBER), Column("task", 1, NAME, fold=16), Column("user", 4, NAME, fold=8),
     Column("queue", 6, FIXED), Column("cluster", 8, FIXED, default=False),
-    *(Column(s, _STATE_PRIORITY[s], NUMBER) for s in STATES),
+    *(Column(s, _STATE_PRIORITY[s], NUMBER, zeros_drop=True) for s in STATES),
     Column("jobs", 6, NUMBER, default=False), Column("progress", 2, BAR), Column("status", 1, FIXED),
     Column("priority", 8, NUMBER, default=False), Column("created", 8, FIXED, default=False),
     Column("reason", 9, TEXT, default=False, fold=20),
