@@ -103,6 +103,7 @@ def _revision(engine) -> Optional[str]:  # type: ignore[no-untyped-def]
 
 @db_app.command("status")
 def db_status() -> None:
+    """The database's schema revision, and whether `orchestra db upgrade` is needed."""
     engine = make_engine(load_settings().database_url)
     revision = _revision(engine)
     state = "current" if revision == HEAD_REVISION else "behind: run `orchestra db upgrade`"
@@ -114,7 +115,7 @@ def scheduler_run(
     once: Annotated[bool, typer.Option("--once", help="run exactly one cycle and exit (cron)")] = False,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="cycle until nothing can run without a user's action, then say what remains")] = False,
     interval: Annotated[Optional[float], typer.Option("--interval", help="seconds between cycles")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step (DEBUG level)")] = False,
 ) -> None:
     """Run the scheduler service (one active scheduler per database, held by a lease)."""
     from orchestra.scheduler.loop import LoopOptions, run as run_loop

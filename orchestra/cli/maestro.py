@@ -164,7 +164,7 @@ def job_list(
 @job_app.command("why")
 def job_why(
     job: Annotated[int, typer.Argument(help="job id (see `maestro job list` or `maestro queue --jobs`)")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (docs/json.md)")] = False,
 ) -> None:
     """Why a job is not running yet: its position in the dispatch order and what it waits for."""
     from orchestra.services import queue  # numpy: loaded only by the fair-share commands
@@ -283,8 +283,8 @@ def dataset_show(
 
 @dataset_app.command("delete")
 def dataset_delete(
-    name: Annotated[str, typer.Option("-d", "--dataset")],
-    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    name: Annotated[str, typer.Option("-d", "--dataset", help="dataset name, user.<you>.<name>")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
     """Forget a dataset (its files stay on storage)."""
     confirm(f"delete dataset {name}?", yes)

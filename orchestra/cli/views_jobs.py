@@ -48,7 +48,8 @@ def job_detail(d: JobDetail) -> None:
     lines = [
         ("reason", d.reason or "-"),
         ("exit code", "-" if d.exit_code is None else str(d.exit_code)),
-        ("attempts", f"{len(d.attempts)} (failures {d.failures}, automatic retries up to {d.max_retries})"),
+        ("attempts", f"{len(d.attempts)} ({d.failures} failure(s) counted against --max-retries {d.max_retries}; "
+                     "a user's retry starts the count again)"),
         ("command", d.command), ("config file", d.config_path), ("output dir", d.output_dir),
         ("queued", when(d.queued_at)),
     ]
