@@ -522,7 +522,7 @@ class Scheduler:
                     report.counts["tasks released"] += 1
                 elif verdict == TaskStatus.BROKEN:
                     session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
-                        status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id, n_scouts),
+                        status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id),
                         updated_at=now, finished_at=now))
                     report.counts["tasks broken"] += 1
             # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
@@ -570,7 +570,7 @@ class Scheduler:
         return out
 
     @staticmethod
-    def _broken_reason(session: Session, task_id: int, n_scouts: int) -> str:
+    def _broken_reason(session: Session, task_id: int) -> str:
         from orchestra.reasons import ended
 
         rows = session.execute(
@@ -579,10 +579,13 @@ class Scheduler:
                 JOBS.c.task_id == task_id, JOBS.c.is_scout.is_(True), JOBS.c.status == JobStatus.FAILED.value)
             .order_by(JOBS.c.index)
         ).all()
-        # Job ids (what `maestro job logs` takes), the index beside them; each reason composed once.
-        codes = ", ".join(f"job {j} (#{i}): {ended('failed', code, why, limit)}" for j, i, code, why, limit in rows[:5])
-        return (f"{len(rows)} of {n_scouts} scout job(s) failed ({codes}); fix the command or image, then "
-                "`maestro task retry` runs the scouts again (`maestro task show` has their logs)")
+        # No count and no job list: how many scouts had ended when the task broke depends on timing
+        # (scouts still running then end later, counted in the job states); `maestro task show`
+        # lists the failed scouts by job id, live. The distinct reasons are what to fix.
+        reasons = sorted({ended("failed", code, why, limit) for _, _, code, why, limit in rows})
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else "")
+        return (f"its scouts failed ({shown}); fix the command or image, then `maestro task retry` runs the "
+                "scouts again (`maestro task show` lists the failed scouts and their logs)")
 
     # ------------------------------------------------------------------ 5. fill free slots
     def fill(self, report: CycleReport) -> None:

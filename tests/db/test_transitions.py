@@ -304,7 +304,7 @@ def test_a_broken_task_kills_its_queued_scouts_and_keeps_the_rest_held(orc: Orc)
     orc.cycle()
     assert orc.status() == "broken"
     reason = json.loads(orc.cli.ok(f"maestro task show -t {TASK} --json").out)["summary"]["reason"]
-    assert reason.startswith("1 of 3 scout job(s) failed (job ")
+    assert reason.startswith("its scouts failed (exit code ")
     jobs = orc.jobs()
     killed = {i for i, (s, _) in jobs.items() if s == "killed"}
     assert len(killed) == 2 and {jobs[i][1] for i in killed} == {f"its task is broken: {reason}"}
