@@ -25,6 +25,7 @@ setup(
         "typer>=0.12",
         "rich>=13",
         "pydantic>=2",
+        "prometheus-client>=0.17",  # orchestra/metrics.py: `scheduler run --metrics-port`
     ],
     extras_require={
         "test": [
@@ -34,6 +35,7 @@ setup(
             "pyyaml>=6",
             "mkdocs>=1.6",  # tests/unit/test_docs.py builds the docs with --strict
             "mkdocs-material>=9.5",
+            "aiosmtpd>=1.4",  # tests/e2e/test_notify.py: a real SMTP server the test starts
         ],
     },
     entry_points={

@@ -22,7 +22,8 @@ from typing import Any
 from benedict import benedict
 from pydantic import TypeAdapter, ValidationError
 
-from orchestra.config_schema import AccountModel, ClusterModel, ConfigModel, Problem, UserModel, explain
+from orchestra.config_schema import (AccountModel, ClusterModel, ConfigModel, Problem, RetentionModel, UserModel,
+                                      explain)
 from orchestra.errors import OrchestraError
 
 DEFAULT_CLUSTER = "LPS"
@@ -94,6 +95,39 @@ class SchedulerConfig:
     kill_grace_seconds: float = 10.0  # SIGTERM, then SIGKILL for what is left (Slurm's KillWait)
     max_job_pids: int = 512  # processes per job (cgroup pids.max); 0: no limit
     max_log_bytes: int = 100 * 1024**2  # an attempt's log keeps its last half of this when it grows past it
+    # Prometheus endpoint of the service (orchestra/metrics.py): 0 = none; loopback unless told
+    # otherwise (the metrics name users and queues); user labels can go for privacy or cardinality.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_user_labels: bool = True
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """`[notify]`: mail to a task's owner when it ends (orchestra/notify/). Off unless enabled."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 25
+    starttls: bool = False  # upgrade a plain connection (port 587)
+    ssl: bool = False  # TLS from the first byte (port 465)
+    user: str | None = None  # SMTP login, with its password from a file or the environment
+    password_file: str | None = None
+    password_env: str | None = None
+    from_address: str = "orchestra@localhost"
+    timeout: float = 10.0  # seconds per SMTP conversation step: a hanging server costs this, in the postman only
+    batch: int = 20  # mails per postman pass
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """`[retention]`: finished tasks are removed this many days after they finished (with their
+    jobs, attempts and logs; their outputs too with purge_outputs), the owner told `notice_days`
+    before (orchestra/services/retention.py). keep_finished_days = 0 keeps them forever."""
+
+    keep_finished_days: float = 30.0
+    purge_outputs: bool = False
+    notice_days: tuple[int, ...] = (5, 1)
 
 
 @dataclass(frozen=True)
@@ -143,6 +177,8 @@ class Settings:
     sources: dict[str, str]
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     user_accounts: dict[str, UserAccountConfig] = field(default_factory=dict)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def cluster(self, name: str) -> ClusterConfig:
         """The named cluster, or a one-line error listing the known ones."""
@@ -270,6 +306,17 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     fairshare = FairShareConfig(**doc.fairshare.model_dump(exclude_none=True))
     for key in FairShareConfig.__dataclass_fields__:
         sources[f"fairshare.{key}"] = origin if key in doc.fairshare.model_fields_set else "default"
+    notify = NotifyConfig(**doc.notify.model_dump(exclude_none=True))
+    for key in NotifyConfig.__dataclass_fields__:
+        sources[f"notify.{key}"] = origin if key in doc.notify.model_fields_set else "default"
+    if notify.ssl and notify.starttls:
+        raise OrchestraError(f"{where}: notify: ssl and starttls exclude each other; set one of them "
+                             "(ssl = true for port 465, starttls = true for port 587)")
+    if notify.password_file and notify.password_env:
+        raise OrchestraError(f"{where}: notify: give the SMTP password one way: password_file or password_env")
+    retention = _retention_from(doc.retention)
+    for key in RetentionConfig.__dataclass_fields__:
+        sources[f"retention.{key}"] = origin if key in doc.retention.model_fields_set else "default"
     user_shares = {name: model.share for name, model in doc.users.items()}
     for name in user_shares:
         sources[f"users.{name}"] = origin
@@ -290,7 +337,17 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sources=sources,
         accounts=accounts,
         user_accounts=user_accounts,
+        notify=notify,
+        retention=retention,
     )
+
+
+def _retention_from(model: RetentionModel) -> RetentionConfig:
+    """`[retention]`, with notice_days as a sorted tuple of distinct whole days (one or a list)."""
+    values = model.model_dump(exclude_none=True)
+    if model.notice_days is not None:
+        values["notice_days"] = tuple(sorted(set(model.notice_days), reverse=True))
+    return RetentionConfig(**values)
 
 
 def _user_accounts_from(models: dict[str, UserModel],

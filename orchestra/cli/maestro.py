@@ -18,6 +18,8 @@ dataset_app = new_app("List, show and delete datasets (register them with orches
 app.add_typer(task_app, name="task")
 app.add_typer(job_app, name="job")
 app.add_typer(dataset_app, name="dataset")
+user_app = new_app("Your own settings: the e-mail address your task notices go to, and whether you want them.")
+app.add_typer(user_app, name="user")
 
 TaskRef = Annotated[str, typer.Option("-t", "--task", help="task name (user.<you>.<name>) or numeric id")]
 
@@ -346,6 +348,41 @@ def usage_cmd(
         print_json(jsonout.usage_report(report))
     else:
         emit(tables.usage(report), fmt, noheader)
+
+
+ForUser = Annotated[Optional[str], typer.Option("-u", "--user", help="another user's (admins only)")]
+
+
+@user_app.command("email")
+def user_email(
+    address: Annotated[Optional[str], typer.Argument(help="where mails about your tasks go, e.g. alice@example.org")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the address: no more mail")] = False,
+    user: ForUser = None,
+) -> None:
+    """Set (or, without ADDRESS, show) the address that hears when your tasks end."""
+    from orchestra.errors import OrchestraError
+    from orchestra.notify import contact
+
+    if address is not None and clear:
+        raise OrchestraError("give an ADDRESS or --clear, not both")
+    info = contact.set_contact(context(), user, email=address, clear=clear)
+    console.print(f"{info.user}: e-mail {info.email or 'none'}, notices {'on' if info.notify else 'off'}"
+                  + ("" if info.email else " (no mail is sent without an address)"), markup=False)
+
+
+@user_app.command("notify")
+def user_notify(
+    switch: Annotated[str, typer.Argument(metavar="on|off", help="on: mail me when my tasks end; off: do not")],
+    user: ForUser = None,
+) -> None:
+    """Turn the mails about your tasks' ends on or off."""
+    from orchestra.errors import OrchestraError
+    from orchestra.notify import contact
+
+    if switch not in ("on", "off"):
+        raise OrchestraError(f"{switch!r}: say `maestro user notify on` or `maestro user notify off`")
+    info = contact.set_contact(context(), user, notify=switch == "on")
+    console.print(f"{info.user}: notices {'on' if info.notify else 'off'}, e-mail {info.email or 'none'}", markup=False)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -55,6 +56,11 @@ class User(Base):
     usage: Mapped[float] = mapped_column(Float, default=0.0)
     usage_at: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
+    # Notifications (migration 0009): where the mails about this user's tasks go (None: nowhere),
+    # and whether they want them (`maestro user notify off`). Written on PostgreSQL only through
+    # `orchestra_set_contact`, which checks the caller is this user or an admin.
+    email: Mapped[str | None] = mapped_column(String(254))
+    notify: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Dataset(Base):
@@ -97,6 +103,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_status", "status"),
         Index("ix_tasks_owner_id", "owner_id"),
+        Index("ix_tasks_finished_at", "finished_at"),  # retention reads the oldest finished first
         {"sqlite_autoincrement": True, "postgresql_with": HOT_ROOM},  # n_queued rewritten every cycle
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -128,6 +135,9 @@ class Task(Base):
     updated_at: Mapped[float] = mapped_column(Float)
     released_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    # Retention (migration 0010): when the owner was last told the task will be removed; a notice
+    # from before `finished_at` belongs to an earlier finish (the task was retried since).
+    removal_notice_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):
@@ -275,3 +285,26 @@ class TaskDependency(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
     depends_on_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # "after" or "after_any"
+
+
+class Outbox(Base):
+    """A mail to send: one per task event, written by the scheduler in the transaction that records
+    the event, sent after the cycle by the service's postman (orchestra/notify/; migration 0009).
+
+    Due when `sent_at` is NULL and `next_try_at` has passed; each failed try pushes `next_try_at`
+    back (doubling), and a row not sent within a day is dropped with a log line. On PostgreSQL a
+    user reads only their own rows and writes none."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "sent_at", "next_try_at"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    task_id: Mapped[int | None] = mapped_column(Id)  # no key: the mail outlives a deleted task
+    event: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[float | None] = mapped_column(Float)

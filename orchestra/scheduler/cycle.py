@@ -31,6 +31,7 @@ from orchestra.config import ClusterConfig
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of
 from orchestra.db.models import Attempt, Installation, Job, Task, User
 from orchestra.errors import OrchestraError
+from orchestra.notify import outbox
 from orchestra.paths import UntrustedPath, trusted_output_root, state_root
 from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
@@ -74,6 +75,12 @@ class CycleReport:
     seconds: float = 0.0
     full: bool = True
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step, in cycle order
+    # What the metrics (orchestra/metrics.py) count, as the cycle learns it: no query needed later.
+    dispatched: Counter[tuple[str, str]] = field(default_factory=Counter)  # (cluster, queue): launches accepted
+    waits: list[tuple[str, str, float]] = field(default_factory=list)  # (cluster, queue, seconds queued) per start
+    ended: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (cluster, queue, attempt result)
+    backend_errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (cluster, kind)
+    queued_at: dict[str, float] = field(default_factory=dict)  # backend name -> its job's queued_at, at dispatch
 
     def line(self) -> str:
         """`cycle: started 4, succeeded 3 (12 ms: reconcile 5, requests 0, ...)`: a slow cycle says
@@ -381,6 +388,7 @@ class Scheduler:
                 status = JobStatus.QUEUED if failures <= a.max_retries else JobStatus.FAILED
             if status == JobStatus.QUEUED:
                 requeued[a.task_id] += 1
+            report.ended[(a.cluster, a.queue, e.status.value)] += 1
             report.counts[f"{'retried' if status == JobStatus.QUEUED else status.value}"] += 1
             job_rows.append({
                 "id": a.job_id, "status": status.value, "failures": failures, "exit_code": e.exit_code,
@@ -469,6 +477,7 @@ class Scheduler:
                     continue  # done in a later cycle, once its last attempt has ended
                 if request == "kill":
                     session.execute(update(TASKS).where(TASKS.c.id == task_id).values(request=None, n_queued=0))
+                    outbox.task_ended(session, self.settings, task_id, "killed", now)  # its last job has stopped
                 else:
                     remove_task_rows(session, task_id)
                     report.counts["deleted"] += 1
@@ -525,6 +534,7 @@ class Scheduler:
                         status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id),
                         updated_at=now, finished_at=now))
                     report.counts["tasks broken"] += 1
+                    outbox.task_ended(session, self.settings, task_id, "broken", now)  # its scouts failed
             # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
             # a task broken at dispatch, see `_trusted_roots`) end KILLED with the reason, and a
             # retry re-queues them. Its held jobs stay held (a retry releases them after its scouts);
@@ -556,6 +566,7 @@ class Scheduler:
                 session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
                     status=status.value, reason=reason, updated_at=now, finished_at=now))
                 report.counts[f"tasks {status.value}"] += 1
+                outbox.task_ended(session, self.settings, task_id, status.value, now)
 
     @staticmethod
     def _final_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
@@ -594,7 +605,7 @@ class Scheduler:
         now = self.clock()
         with report.step("dispatch"), self.tx() as session:
             plan = self._plan(session, now)
-            specs = self._dispatch(session, plan, now) if plan else []
+            specs = self._dispatch(session, plan, now, report) if plan else []
         if not specs:
             return
         with report.step("launch"):
@@ -632,7 +643,8 @@ class Scheduler:
         take = fairshare.allocate(view.inp, self.settings.fairshare, slot_seconds=self.settings.scheduler.interval)
         return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
 
-    def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float) -> list[LaunchSpec]:
+    def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float,
+                  report: CycleReport | None = None) -> list[LaunchSpec]:
         """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue.
 
         Each job's output directory and log live under its task's output root recomputed and
@@ -649,7 +661,7 @@ class Scheduler:
         rows = session.execute(
             update(JOBS).where(one_of(session, JOBS.c.id, chosen), JOBS.c.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
-            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command)
+            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at)
         ).all()
         specs = []
         attempts = []
@@ -657,6 +669,8 @@ class Scheduler:
             t = task_info[r.task_id]
             cluster, root = roots[r.task_id]
             name = backend_name(r.task_id, r.index, r.attempts, self.installation)
+            if report is not None and r.queued_at is not None:
+                report.queued_at[name] = r.queued_at  # its wait is observed if the launch is accepted
             log_path = str(state_root(cluster.storage, self.installation) / name / "log")
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
                                     t.image, r.command, expansion.output_dir(root, r.index), log_path, t.max_time,
@@ -681,6 +695,7 @@ class Scheduler:
                 session.execute(update(TASKS).where(TASKS.c.id == t.id).values(
                     status=TaskStatus.BROKEN.value, reason=f"its output directory cannot be trusted: {exc}",
                     updated_at=now, finished_at=now))
+                outbox.task_ended(session, self.settings, t.id, "broken", now)
         return roots
 
     def _acknowledge(self, specs: Sequence[LaunchSpec], launched: Sequence, report: CycleReport,
@@ -700,6 +715,14 @@ class Scheduler:
         ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
         infra = [(s, l) for s, l in zip(specs, launched) if l.error is not None and l.infra]
         refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None and not l.infra]
+        for s, _ in ok:
+            report.dispatched[(s.cluster.name, s.queue.name)] += 1
+            if s.backend_name in report.queued_at:
+                report.waits.append((s.cluster.name, s.queue.name, now - report.queued_at[s.backend_name]))
+        for s, _ in infra:
+            report.backend_errors[(s.cluster.name, "launch_infra")] += 1
+        for s, _ in refused:
+            report.backend_errors[(s.cluster.name, "launch_refused")] += 1
         failing: dict[holds.Key, str] = {}
         for s, l in infra:
             failing.setdefault((s.cluster.name, s.queue.name), l.error)

@@ -30,9 +30,11 @@ from orchestra.backends.base import BackendUnavailable
 from orchestra.db import faults
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
+from orchestra.metrics import Metrics
 from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
 from orchestra.scheduler.lease import LeaseLost
-from orchestra.services import dependencies
+from orchestra.notify.postman import Postman
+from orchestra.services import dependencies, retention
 from orchestra.services.context import WAKEUP_CHANNEL, Context
 from orchestra.services.status import Heartbeat
 from orchestra.states import FINAL_TASK, LIVE_ATTEMPT, TaskStatus
@@ -241,6 +243,21 @@ def idle_summary(ctx: Context) -> str | None:
     return f"idle: {', '.join(parts)}{stuck}; nothing can run without a user's action"
 
 
+def daily_retention(ctx: Context, scheduler: Scheduler, say: Callable[[str], None]) -> None:
+    """After a full cycle: the retention run when due (once a day; services/retention.py), in the
+    scheduler's fenced transactions and on its clock. A database outage ends it for now (the next
+    full cycle tries again); it never stops the service."""
+    try:
+        report = retention.daily(ctx, scheduler.tx, scheduler.clock)
+    except DBAPIError as exc:
+        if not faults.is_outage(exc):
+            raise
+        say(f"retention interrupted: {faults.describe(exc)}; trying again after the next full cycle")
+        return
+    if report is not None:
+        say(report.line())
+
+
 def wait_beating(waker: Waker, seconds: float, heartbeat: Heartbeat) -> str:
     """`waker.wait(seconds)`, writing the heartbeat (which renews the lease) at least every
     `heartbeat.every` seconds meanwhile: an idle scheduler stays visibly alive."""
@@ -252,8 +269,16 @@ def wait_beating(waker: Waker, seconds: float, heartbeat: Heartbeat) -> str:
         heartbeat.beat()
 
 
-def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) -> int:
-    """The service loop; returns the process exit code."""
+def _unavailable_cluster(ctx: Context, exc: Exception) -> str:
+    """The cluster a BackendUnavailable came from: only remote backends raise it, so with one such
+    cluster it is that one (the exception itself does not say)."""
+    remote = [name for name, c in ctx.settings.clusters.items() if c.backend != "local"]
+    return str(getattr(exc, "cluster", "") or (remote[0] if len(remote) == 1 else "unknown"))
+
+
+def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, metrics: Metrics | None = None) -> int:
+    """The service loop; returns the process exit code. With `metrics`, each cycle's report feeds
+    them and their gauges are refreshed after it (orchestra/metrics.py)."""
     scheduler = Scheduler(ctx)
     interval = options.interval if options.interval is not None else ctx.settings.scheduler.interval
     waker = Waker(ctx, ctx.settings.scheduler.poll_interval)
@@ -264,6 +289,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
     heartbeat = Heartbeat(scheduler.tx, ctx.settings.scheduler.lease_ttl)
     started = clean = False  # clean: a stop that sets `stopped` (a signal, --until-idle idle)
     stop_reason = ""
+    postman: Postman | None = None  # [notify] enabled: sends the outbox in its own thread, never in a cycle
     try:
         while not scheduler.lease.try_acquire():
             holder, expires = scheduler.lease.current()
@@ -279,6 +305,9 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
         say(f"scheduler {scheduler.lease.holder} started (interval {interval:g} s)")
         heartbeat.start()
         started = True
+        if ctx.settings.notify.enabled:
+            postman = Postman(ctx)
+            postman.start()
         for name, cluster in ctx.settings.clusters.items():
             describe = getattr(scheduler.backend(name), "describe", None) if cluster.backend == "local" else None
             if describe is not None:
@@ -301,17 +330,27 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
                 # cycle loses nothing; the next one (full, after a backoff) carries on. A database
                 # fault (lock timeout, server restart, full disk) is an outage like a backend's.
                 outage = min(OUTAGE_MAX_WAIT, max(1.0, outage * 2))
+                if metrics is not None and isinstance(exc, BackendUnavailable):
+                    metrics.backend_unavailable(_unavailable_cluster(ctx, exc))
                 why = faults.describe(exc) if isinstance(exc, DBAPIError) else str(exc)
                 say(f"cycle interrupted: {why}; next try in {outage:.0f} s")
                 next_full = 0.0
                 woke = waker.wait(outage)
                 continue
             outage = 0.0
+            if metrics is not None:
+                metrics.record(report)
+                if metrics.due(full):
+                    try:
+                        metrics.refresh(ctx, scheduler.holds)
+                    except DBAPIError as exc:  # the gauges stay as they were: the next cycle says why
+                        log.warning("metrics not refreshed: %s", faults.describe(exc))
             if full:
                 cycles += 1
                 next_full = time.monotonic() + interval
                 passes.flush(say)
                 say(report.line())
+                daily_retention(ctx, scheduler, say)
             else:
                 passes.add(report, say)
                 if any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK):
@@ -319,6 +358,8 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
                     # by a full cycle, due now rather than one interval later.
                     next_full = 0.0
             heartbeat.beat(full=full)  # at most one write per second for short passes
+            if postman is not None and (full or any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK)):
+                postman.nudge()  # mails of tasks that ended (and retries due) go now, beside the cycles
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break
             if options.until_idle and (idle := idle_summary(ctx)) is not None:
@@ -331,6 +372,9 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             poll = scheduler.poll_after()
             if poll is not None:
                 wait = min(wait, poll)
+            owed = metrics.refresh_in() if metrics is not None else None
+            if owed is not None:
+                wait = min(wait, owed)  # a short pass then, and the refresh it skipped
             woke = wait_beating(waker, wait, heartbeat)
         passes.flush(say)
         clean = not options.once
@@ -350,6 +394,8 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print) 
             with contextlib.suppress(LeaseLost):
                 heartbeat.stop()  # still under the lease: `stopped` says when
         stop_reason = stop_reason or (f"{waker.stop_signal} received" if waker.stop else "interrupted")
+        if postman is not None:
+            postman.stop()
         say(f"scheduler {scheduler.lease.holder} stopped: {stop_reason}")
         scheduler.lease.release()
         scheduler.close()

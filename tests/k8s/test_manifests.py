@@ -44,8 +44,9 @@ MODELS: dict[tuple[str, str], type] = {
     ("batch/v1", "CronJob"): client.V1CronJob,
     ("rbac.authorization.k8s.io/v1", "Role"): client.V1Role,
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): client.V1RoleBinding,
+    ("v1", "Service"): client.V1Service,
 }
-NAMESPACED = {"ServiceAccount", "Secret", "ConfigMap", "Deployment", "CronJob", "Role", "RoleBinding"}
+NAMESPACED = {"ServiceAccount", "Secret", "ConfigMap", "Deployment", "CronJob", "Role", "RoleBinding", "Service"}
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -398,6 +399,64 @@ def test_compose_file_wires_postgres_and_the_scheduler(tmp_path: Path) -> None:
         assert cluster.backend == "local"
         source = mounts.get(str(PurePosixPath(cluster.storage)))
         assert source in volumes, f"cluster {cluster.name}: storage {cluster.storage} is not a shared volume"
+
+
+# ------------------------------------------------------------------------------------ metrics (issue 16)
+def test_scheduler_metrics_are_served_where_the_annotations_and_the_service_say(tmp_path: Path) -> None:
+    settings = load_config_text(the("ConfigMap")["data"]["orchestra.toml"], tmp_path)
+    port = settings.scheduler.metrics_port
+    assert port, "the configmap's [scheduler] has no metrics_port"
+    assert settings.scheduler.metrics_host not in ("127.0.0.1", "localhost", "::1"), \
+        "bound to the pod's loopback, Prometheus could not reach it"
+    template = the("Deployment")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                           "prometheus.io/path": "/metrics"}
+    [metrics_port] = [p for p in scheduler_container("Deployment")["ports"] if p["containerPort"] == port]
+    service = the("Service")
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    [served] = service["spec"]["ports"]
+    assert served["targetPort"] in (metrics_port["name"], port) and served["port"] == port
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert service["metadata"]["annotations"] == annotations
+    # The service selects the scheduler's pods, never the job pods (which carry managed-by=orchestra).
+    assert MANAGED_BY not in service["spec"]["selector"]
+
+
+def test_compose_monitoring_profile_scrapes_the_scheduler_and_provisions_the_dashboard(tmp_path: Path) -> None:
+    [compose] = documents(COMPOSE)
+    services = compose["services"]
+    monitoring = {name for name, svc in services.items() if "monitoring" in (svc.get("profiles") or [])}
+    assert monitoring == {"prometheus", "grafana"}
+    assert all(not svc.get("profiles") for name, svc in services.items() if name not in monitoring), \
+        "the core services must start without a profile"
+    settings = load_config_text((DOCKER / "orchestra.toml").read_text(encoding="utf-8"), tmp_path)
+    assert settings.scheduler.metrics_port and settings.scheduler.metrics_host == "0.0.0.0"
+
+    def mounts(service: dict[str, Any]) -> dict[str, Path]:
+        out = {}
+        for volume in service["volumes"]:
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                out[target] = (COMPOSE.parent / source).resolve()
+        return out
+
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "command" not in prometheus  # the image's default --config.file is the mounted file
+    [scrape] = documents(mounts(prometheus)["/etc/prometheus/prometheus.yml"])
+    targets = [t for job in scrape["scrape_configs"] for group in job["static_configs"] for t in group["targets"]]
+    assert targets == [f"scheduler:{settings.scheduler.metrics_port}"]
+    grafana_mounts = mounts(grafana)
+    provisioning = grafana_mounts["/etc/grafana/provisioning"]
+    [datasources] = documents(provisioning / "datasources" / "prometheus.yaml")
+    [source] = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    [providers] = documents(provisioning / "dashboards" / "orchestra.yaml")
+    [provider] = providers["providers"]
+    dashboards = grafana_mounts[provider["options"]["path"]]
+    dashboard = json.loads((dashboards / "orchestra.json").read_text(encoding="utf-8"))
+    uids = {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]}
+    assert uids == {source["uid"]}, "every panel must use the provisioned data source"
 
 
 # ------------------------------------------------------------------------------------ scripts/bench_k8s.py
