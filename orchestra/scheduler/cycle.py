@@ -29,7 +29,7 @@ from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of
-from orchestra.db.models import Attempt, Installation, Job, Task, User
+from orchestra.db.models import Attempt, Installation, Job, Outbox, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.notify import outbox
 from orchestra.paths import UntrustedPath, trusted_output_root, state_root
@@ -157,6 +157,7 @@ class Scheduler:
         # The queues held because their cluster could not start a job (scheduler/holds.py): read
         # from the database at every fill step, kept up to date by the launches' acknowledgements.
         self.holds: dict[holds.Key, holds.HoldState] = {}
+        self._kills_seen_until: float | None = None  # `_mail_direct_kills` looked at kills up to here
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -443,6 +444,19 @@ class Scheduler:
                     fixed={"usage_at": now})
 
     # ------------------------------------------------------------------ 2. user requests
+    def _mail_direct_kills(self, session: Session, now: float) -> None:
+        """The mail of a task a user killed while none of its jobs ran: the kill ended it in the
+        user's own transaction (no request for this cycle to finish), so its mail is written here.
+        Bounded: only tasks killed since the last look (a day back after a start), without a
+        request pending (the request path mails those) and without their mail already."""
+        since = self._kills_seen_until if self._kills_seen_until is not None else now - 86400.0
+        mailed = select(Outbox.id).where(Outbox.task_id == Task.id, Outbox.event == TaskStatus.KILLED.value).exists()
+        ids = session.scalars(select(Task.id).where(
+            Task.status == TaskStatus.KILLED.value, Task.request.is_(None), Task.finished_at >= since, ~mailed)).all()
+        for task_id in ids:
+            outbox.task_ended(session, self.settings, task_id, TaskStatus.KILLED.value, now)
+        self._kills_seen_until = now - 60.0  # a margin for a client's clock behind ours; `mailed` stops repeats
+
     def apply_requests(self, report: CycleReport) -> None:
         """Kill the live jobs of killed and deleted tasks; then forget the deleted ones.
 
@@ -451,6 +465,8 @@ class Scheduler:
         logged and the cycle goes on.
         """
         with self.tx() as session:
+            if self.settings.notify.enabled:
+                self._mail_direct_kills(session, self.clock())
             requests = session.execute(
                 select(Task.id, Task.request, Task.cluster, Task.name, User.name.label("owner"))
                 .outerjoin(User, User.id == Task.owner_id).where(Task.request.is_not(None))

@@ -325,3 +325,27 @@ def test_notify_settings_are_checked(tmp_path: Path) -> None:
     notify = load_settings({"ORCHESTRA_CONFIG": str(config), "ORCHESTRA_HOME": str(tmp_path)}).notify
     assert (notify.enabled, notify.host, notify.port, notify.starttls, notify.ssl) == (True, "smtp.example.org", 587, True, False)
     assert load_settings({"ORCHESTRA_HOME": str(tmp_path)}).notify.enabled is False  # off by default
+
+
+def test_a_task_killed_before_any_job_ran_is_mailed_once(cli: Cli, storage: Path, env: dict[str, str],
+                                                         mailbox: tuple[Mailbox, int]) -> None:
+    """A kill that ends a task at once (none of its jobs ran: no request for the scheduler to finish)
+    is still mailed, by the next full cycle, and only once however many cycles follow."""
+    box, port = mailbox
+    enable_notify(env, port)
+    cli.ok("maestro user email alice@example.org")
+    register(cli, storage, "alice", 3)
+    create(cli, "alice", "early", "echo %DATA %IN %OUT")
+    cli.ok("maestro task kill -t user.alice.early")  # before any scheduler ran: nothing started
+    ctx = Context.from_env()
+    assert task_status(ctx, "user.alice.early") == "killed"
+    scheduler = cycles_until(ctx, lambda: len(outbox(ctx)) >= 1)
+    for _ in range(3):
+        scheduler.cycle()
+    assert [r.event for r in outbox(ctx)] == ["killed"]
+    Postman(ctx).run_once()
+    [(to, mail)] = box.messages
+    assert to == ["alice@example.org"] and mail["Subject"].startswith("[orchestra] task user.alice.early killed")
+    scheduler.lease.release()
+    scheduler.close()
+    ctx.engine.dispose()
