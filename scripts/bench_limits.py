@@ -1,0 +1,133 @@
+"""The machine's own limits, measured by the bench in the same run as the figures judged against them.
+
+Absolute goals do not travel between machines (issue 18): a figure means something only beside
+what this machine can do at best, measured the same minute. Three kinds of limit live here:
+
+- spawn: the local backend's own supervisor (`local.WRAPPER`, the same `/bin/sh -c WRAPPER` argv,
+  the same clean environment from `local.job_environment` plus the `_ORC_*` control variables, a
+  flock'ed lock as its stdin and an append-only log as its stdout, its own session) around the
+  command `:`, started and waited for, serially and with one launcher thread per core. What it
+  leaves out, and Orchestra pays on top: the state directory checks, the storage probe, cgroups
+  (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
+- raw set-based UPDATE: one Core statement that marks 1,000 queued job rows running (what the
+  cycle's record step does, without its bookkeeping), committed; the mean of a few.
+- minimal commit: a transaction that changes one row and commits, through Orchestra's own engine
+  (`make_engine`: SQLite in WAL mode with synchronous=NORMAL, which does not fsync at commit;
+  PostgreSQL with its defaults, which flush and fsync the WAL): the mean of N.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from orchestra.backends.local import WRAPPER, job_environment
+from orchestra.db.engine import make_engine
+from orchestra.db.models import Job
+
+
+class _Launcher:
+    """One launcher's private state directory, lock and log, reused spawn after spawn (the
+    wrapper overwrites its pid and exit files): the spawn itself is what is measured."""
+
+    def __init__(self, root: Path) -> None:
+        self.state = root / "state"
+        self.output = root / "output"
+        self.state.mkdir(parents=True)
+        self.output.mkdir()
+        self.env = job_environment(os.environ, home=os.environ.get("HOME", "/"), user="bench")
+        self.env.update(ORCHESTRA_OUTPUT=str(self.output), ORCHESTRA_COMMAND=":", ORCHESTRA_TASK="bench.limits",
+                        ORCHESTRA_JOB="0", ORCHESTRA_ATTEMPT="1", ORCHESTRA_USER="bench",
+                        _ORC_STATE=str(self.state), _ORC_JOIN="", _ORC_RUNAS="", _ORC_LEAVE="")
+        self.lock = os.open(self.state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.log = os.open(self.state / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def spawn(self) -> None:
+        child = subprocess.Popen(["/bin/sh", "-c", WRAPPER], stdin=self.lock, stdout=self.log,
+                                 stderr=subprocess.STDOUT, env=self.env, start_new_session=True, close_fds=True)
+        if child.wait() != 0:
+            raise RuntimeError(f"the wrapper around ':' exited {child.returncode}: see {self.state / 'log'}")
+
+    def close(self) -> None:
+        os.close(self.log)
+        os.close(self.lock)
+
+
+def spawn_rate(spawns: int, threads: int) -> dict:
+    """Wrapper runs around `:` per second, start to end, with `threads` launchers each spawning
+    and waiting in turn (1: serially; one per core: what parallel slots can get at best)."""
+    with tempfile.TemporaryDirectory(prefix="orchestra-bench-spawn-") as root:
+        launchers = [_Launcher(Path(root) / str(i)) for i in range(threads)]
+        try:
+            launchers[0].spawn()  # warm: the page cache holds /bin/sh and mv from now on
+            each = [spawns // threads + (1 if i < spawns % threads else 0) for i in range(threads)]
+            errors: list[BaseException] = []
+
+            def run(launcher: _Launcher, count: int) -> None:
+                try:
+                    for _ in range(count):
+                        launcher.spawn()
+                except BaseException as exc:  # re-raised below, in the caller's thread
+                    errors.append(exc)
+
+            workers = [threading.Thread(target=run, args=(launcher, count)) for launcher, count in zip(launchers, each)]
+            start = time.perf_counter()
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            seconds = time.perf_counter() - start
+            if errors:
+                raise errors[0]
+        finally:
+            for launcher in launchers:
+                launcher.close()
+    return {"seconds": seconds, "spawns": spawns, "threads": threads, "per_s": spawns / seconds}
+
+
+def raw_update(url: str, rows: int = 1000, repeats: int = 5) -> float:
+    """Mean seconds of one set-based UPDATE (one statement, `rows` job rows marked running, each a
+    different set) plus its commit, on the throwaway database at `url` (rows * repeats jobs)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ids = conn.scalars(select(Job.id).order_by(Job.id.desc()).limit(rows * repeats)).all()
+        if len(ids) < rows * repeats:
+            raise RuntimeError(f"raw update: {len(ids)} jobs, {rows * repeats} needed")
+        total = 0.0
+        for r in range(repeats):
+            chunk = ids[r * rows : (r + 1) * rows]
+            start = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id.in_(chunk))
+                             .values(status="running", attempts=Job.attempts + 1, started_at=time.time()))
+            total += time.perf_counter() - start
+        return total / repeats
+    finally:
+        engine.dispose()
+
+
+def minimal_commit(url: str, repeats: int) -> float:
+    """Mean seconds of a transaction that changes one job row and commits (the smallest write a
+    commit makes durable: an empty transaction writes nothing, so it waits for no disk)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            job_id = conn.scalar(select(Job.id).limit(1))
+        assert job_id is not None, "minimal commit: no job row to change"
+        with engine.begin() as conn:  # the connection opened, the pragmas set: not measured
+            conn.execute(update(Job).where(Job.id == job_id).values(queued_at=Job.queued_at))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            with engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id == job_id).values(queued_at=Job.queued_at))
+        return (time.perf_counter() - start) / repeats
+    finally:
+        engine.dispose()
