@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from orchestra.cli.common import duration, size
 from orchestra.cli.jsonout import iso
 from orchestra.cli.listing import BAR, FIXED, NAME, NUMBER, TEXT, Bar, Cell, Column, Listing, Styled, shown_note
 from orchestra.states import JobStatus
@@ -37,23 +38,6 @@ def moment(ts: float | None) -> Cell:
     if not ts:
         return "-"
     return Styled(time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)), tsv=iso(ts))
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    h, rest = divmod(int(seconds), 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 # ------------------------------------------------------------------------------------- tasks

@@ -22,29 +22,12 @@ from orchestra.cli.live import watch_task
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.services import watch
 from orchestra.services.context import Context
-from tests.e2e.scheduler_helpers import Service, cycles_until, make_inputs, task_status
+from tests.e2e.scheduler_helpers import Service, cycles_until, task_status
+from tests.e2e.test_job_actions import create, ctx, register  # noqa: F401 - ctx: a fixture
 from tests.helpers import Cli
 
 MAESTRO = [sys.executable, "-c", "from orchestra.cli.maestro import main; main()"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture
-def ctx(env: dict[str, str]) -> Iterator[Context]:
-    context = Context.from_env()
-    yield context
-    context.engine.dispose()
-
-
-def register(cli: Cli, storage: Path, n: int) -> None:
-    configs, data = make_inputs(storage, n)
-    cli.ok(f"orchestra_registry -d user.alice.data -p {data} --cluster LPS")
-    cli.ok(f"orchestra_registry -d user.alice.configs -p {configs}/ --cluster LPS")
-
-
-def create(cli: Cli, name: str, command: str, extra: str = "--bypass") -> None:
-    cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t user.alice.{name} "
-           f"--containerImage alice/img --exec '{command}' {extra}")
 
 
 class Maestro:
