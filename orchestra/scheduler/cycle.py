@@ -601,15 +601,14 @@ class Scheduler:
         from orchestra.reasons import ended
 
         rows = session.execute(
-            select(JOBS.c.id, JOBS.c.index, JOBS.c.exit_code, JOBS.c.reason, TASKS.c.max_time)
+            select(JOBS.c.exit_code, JOBS.c.reason, TASKS.c.max_time)
             .join(TASKS, TASKS.c.id == JOBS.c.task_id).where(
                 JOBS.c.task_id == task_id, JOBS.c.is_scout.is_(True), JOBS.c.status == JobStatus.FAILED.value)
-            .order_by(JOBS.c.index)
         ).all()
         # No count and no job list: how many scouts had ended when the task broke depends on timing
         # (scouts still running then end later, counted in the job states); `maestro task show`
         # lists the failed scouts by job id, live. The distinct reasons are what to fix.
-        reasons = sorted({ended("failed", code, why, limit) for _, _, code, why, limit in rows})
+        reasons = sorted({ended("failed", code, why, limit) for code, why, limit in rows})
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else "")
         return (f"its scouts failed ({shown}); fix the command or image, then `maestro task retry` runs the "
                 "scouts again (`maestro task show` lists the failed scouts and their logs)")

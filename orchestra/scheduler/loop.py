@@ -338,6 +338,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 woke = waker.wait(outage)
                 continue
             outage = 0.0
+            tasks_ended = any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK)
             if metrics is not None:
                 metrics.record(report)
                 if metrics.due(full):
@@ -353,12 +354,12 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 daily_retention(ctx, scheduler, say)
             else:
                 passes.add(report, say)
-                if any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK):
+                if tasks_ended:
                     # A task ended in this short pass: a task waiting for it (`--after`) is expanded
                     # by a full cycle, due now rather than one interval later.
                     next_full = 0.0
             heartbeat.beat(full=full)  # at most one write per second for short passes
-            if postman is not None and (full or any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK)):
+            if postman is not None and (full or tasks_ended):
                 postman.nudge()  # mails of tasks that ended (and retries due) go now, beside the cycles
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break
