@@ -659,7 +659,7 @@ class Scheduler:
         return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
 
     def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float,
-                  report: CycleReport | None = None) -> list[LaunchSpec]:
+                  report: CycleReport) -> list[LaunchSpec]:
         """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue.
 
         Each job's output directory and log live under its task's output root recomputed and
@@ -684,7 +684,7 @@ class Scheduler:
             t = task_info[r.task_id]
             cluster, root = roots[r.task_id]
             name = backend_name(r.task_id, r.index, r.attempts, self.installation)
-            if report is not None and r.queued_at is not None:
+            if r.queued_at is not None:
                 report.queued_at[name] = r.queued_at  # its wait is observed if the launch is accepted
             log_path = str(state_root(cluster.storage, self.installation) / name / "log")
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
