@@ -13,7 +13,8 @@ setup(
     # package_dir {"": "."} makes the editable install a plain .pth (no "editable" warning).
     packages=find_namespace_packages(include=["orchestra", "orchestra.*"], exclude=["*.__pycache__"]),
     package_dir={"": "."},
-    package_data={"orchestra.db.migrations": ["*.mako"]},
+    package_data={"orchestra.db.migrations": ["*.mako"],
+                  "orchestra.web": ["templates/*.html", "templates/*.svg", "static/*"]},
     include_package_data=True,
     install_requires=[
         "sqlalchemy>=2.0,<2.2",
@@ -26,6 +27,9 @@ setup(
         "rich>=13",
         "pydantic>=2",
         "prometheus-client>=0.17",  # orchestra/metrics.py: `scheduler run --metrics-port`
+        "starlette>=0.40",  # orchestra/web: `orchestra web`, the read-only dashboard
+        "jinja2>=3.1",
+        "uvicorn>=0.30",
     ],
     extras_require={
         "test": [
@@ -36,6 +40,8 @@ setup(
             "mkdocs>=1.6",  # tests/unit/test_docs.py builds the docs with --strict
             "mkdocs-material>=9.5",
             "aiosmtpd>=1.4",  # tests/e2e/test_notify.py: a real SMTP server the test starts
+            "httpx>=0.27",  # tests/web: HTTP requests to a real `orchestra web` server
+            "selenium>=4.20",  # tests/web/test_browser.py drives Debian's chromium + chromedriver
         ],
     },
     entry_points={

@@ -11,6 +11,7 @@ below, which are what the rest of the code constructs and reads.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import math
 import os
 import tomllib
@@ -22,7 +23,7 @@ from typing import Any
 from benedict import benedict
 from pydantic import TypeAdapter, ValidationError
 
-from orchestra.config_schema import (AccountModel, ClusterModel, ConfigModel, Problem, RetentionModel, UserModel,
+from orchestra.config_schema import (AccountModel, ClusterModel, ConfigModel, Problem, RetentionModel, UserModel, WebModel,
                                       explain)
 from orchestra.errors import OrchestraError
 
@@ -128,6 +129,22 @@ class RetentionConfig:
     keep_finished_days: float = 30.0
     purge_outputs: bool = False
     notice_days: tuple[int, ...] = (5, 1)
+    keep_history_days: float = 90.0  # the per-cycle usage history (orchestra/services/history.py); 0 = forever
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """`[web]`: where `orchestra web` listens and whom it believes (orchestra/web/viewer.py).
+
+    Anonymous viewers see the queue but no user's commands or logs, unless `public`; a viewer is
+    a user only when `user_header` comes from an address in `trusted_proxies` (a reverse proxy
+    that authenticated them, e.g. oauth2-proxy)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    trusted_proxies: tuple[str, ...] = ()
+    user_header: str = "X-Forwarded-User"
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +196,7 @@ class Settings:
     user_accounts: dict[str, UserAccountConfig] = field(default_factory=dict)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def cluster(self, name: str) -> ClusterConfig:
         """The named cluster, or a one-line error listing the known ones."""
@@ -317,6 +335,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     retention = _retention_from(doc.retention)
     for key in RetentionConfig.__dataclass_fields__:
         sources[f"retention.{key}"] = origin if key in doc.retention.model_fields_set else "default"
+    web = _web_from(doc.web, lambda problem: _refused(where, problem))
+    for key in WebConfig.__dataclass_fields__:
+        sources[f"web.{key}"] = origin if key in doc.web.model_fields_set else "default"
     user_shares = {name: model.share for name, model in doc.users.items()}
     for name in user_shares:
         sources[f"users.{name}"] = origin
@@ -339,7 +360,22 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         user_accounts=user_accounts,
         notify=notify,
         retention=retention,
+        web=web,
     )
+
+
+def _web_from(model: WebModel, refuse: Callable[[Problem], OrchestraError]) -> WebConfig:
+    """`[web]`, each trusted proxy checked as an address or network now, not at the first request."""
+    values = model.model_dump(exclude_none=True)
+    proxies = []
+    for i, proxy in enumerate(model.trusted_proxies or ()):
+        try:
+            proxies.append(str(ipaddress.ip_network(proxy, strict=False)))
+        except ValueError:
+            raise refuse(Problem(("web", "trusted_proxies", i),
+                                 f"{proxy!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)")) from None
+    values["trusted_proxies"] = tuple(proxies)
+    return WebConfig(**values)
 
 
 def _retention_from(model: RetentionModel) -> RetentionConfig:

@@ -137,6 +137,8 @@ class RetentionModel(_Table):
     keep_finished_days: float | None = _opt(30, ge=0, description=(
         "keep_finished_days must be a number of days, 0 or more (0: keep finished tasks forever)"))
     purge_outputs: bool | None = _opt(False)
+    keep_history_days: float | None = _opt(90, ge=0, description=(
+        "keep_history_days must be a number of days, 0 or more (0: keep the usage history forever)"))
     notice_days: list[Annotated[int, Field(ge=1)]] | None = _opt([5, 1], description=NOTICE_DAYS)
 
     @field_validator("notice_days", mode="before")
@@ -144,6 +146,17 @@ class RetentionModel(_Table):
     def _one_or_a_list(cls, value: Any) -> Any:
         """`notice_days = 3` means [3]."""
         return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class WebModel(_Table):
+    example = 'port = 8080, trusted_proxies = ["127.0.0.1"]'
+    host: str | None = _opt("127.0.0.1", min_length=1)
+    port: int | None = _opt(8080, ge=1, le=65535, description="port must be a TCP port from 1 to 65535")
+    trusted_proxies: list[Annotated[str, Field(min_length=1)]] | None = _opt(
+        ["127.0.0.1", "10.0.0.0/8"], description="trusted_proxies must be a list of IP addresses or networks")
+    user_header: str | None = _opt("X-Forwarded-User", pattern=r"^[A-Za-z0-9-]+$",
+                                   description="user_header must be an HTTP header name")
+    public: bool | None = _opt(False)
 
 
 MAX_ID = 2**32 - 2  # the largest uid/gid Linux gives out ((uid_t)-1 means "no change")
@@ -178,6 +191,7 @@ class ConfigModel(_Table):
     fairshare: FairShareModel = FairShareModel()
     notify: NotifyModel = NotifyModel()
     retention: RetentionModel = RetentionModel()
+    web: WebModel = WebModel()
     clusters: dict[str, ClusterModel] | None = None
     users: dict[str, UserModel] = Field(default_factory=dict)
     accounts: dict[str, AccountModel] = Field(default_factory=dict)

@@ -147,6 +147,23 @@ def scheduler_run(
     raise typer.Exit(code)
 
 
+@app.command("web")
+def web_cmd(
+    host: Annotated[Optional[str], typer.Option("--host", help="address to listen on ([web] host, 127.0.0.1 by default)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, metavar="PORT",
+                                                help="TCP port to listen on ([web] port, 8080 by default)")] = None,
+) -> None:
+    """Serve the read-only web dashboard and its JSON API (the scheduler need not run)."""
+    from orchestra.web.server import serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("orchestra.web").setLevel(logging.INFO)
+    ctx = Context.from_env()
+    web = ctx.settings.web
+    host, port = host or web.host, port or web.port
+    serve(ctx, host, port)  # a port in use: refused in one line before anything is served
+
+
 @app.command("gc")
 def gc_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would go; change nothing")] = False,
