@@ -120,6 +120,16 @@ def of_tasks(session: Session, task_ids: Sequence[int]) -> dict[int, list[Depend
     return out
 
 
+def dependents(session: Session, task_id: int) -> list[Dependency]:
+    """The tasks that wait for `task_id` (what it is "waited by"), each with its own state and the
+    kind of its wait, in name order (through the index on `depends_on_id`)."""
+    rows = session.execute(
+        select(Task.id, Task.name, Task.status, TaskDependency.kind)
+        .join(TaskDependency, TaskDependency.task_id == Task.id)
+        .where(TaskDependency.depends_on_id == task_id).order_by(Task.name))
+    return [Dependency(i, name, status, kind) for i, name, status, kind in rows]
+
+
 def blocking(session: Session, task_ids: Sequence[int]) -> dict[int, list[Dependency]]:
     """The dependencies each task still waits for (tasks with none left are not in the result)."""
     return {t: left for t, deps in of_tasks(session, task_ids).items()

@@ -52,9 +52,12 @@ class JobPage:
     total: int
 
 
-def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200) -> JobPage:
-    """A task's jobs in index order with their latest attempt, at most `limit` (0: all); `reason`
-    is composed once (orchestra.reasons: "exit code 3", "timeout after 2h", ...) or None."""
+def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200, offset: int = 0,
+             *, count: bool = True) -> JobPage:
+    """A task's jobs in index order with their latest attempt, at most `limit` (0: all) from the
+    `offset`-th on (the dashboard's pages); `reason` is composed once (orchestra.reasons: "exit
+    code 3", "timeout after 2h", ...) or None. `count` False: a caller that knows the total from
+    the task's counts skips counting the rows again (`total` is then only what was read)."""
     from orchestra.reasons import ended
 
     if status is not None and status not in {s.value for s in JobStatus}:
@@ -74,9 +77,10 @@ def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int 
             JobRow(j.id, j.index, j.is_scout, j.status, j.attempts, j.exit_code,
                    ended(j.status, j.exit_code, j.reason, task.max_time) or j.reason or None, host, j.started_at,
                    j.ended_at, log)
-            for j, host, log in session.execute(query.limit(limit) if limit else query)
+            for j, host, log in session.execute((query.limit(limit) if limit else query).offset(offset or None))
         ]
-        total = len(rows) if not limit or len(rows) < limit else (
+        counted = count and limit and (len(rows) == limit or (offset and not rows))
+        total = offset + len(rows) if not counted else (
             session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
         return JobPage(rows, total)
 
@@ -365,3 +369,50 @@ def stream_log(ctx: Context, job_id: int, number: int | None = None, follow: boo
         raise OrchestraError(f"attempt {first} of job {job_id} has no log")
     if not _Reader(log, tail, _binary_stdout()).read():
         raise OrchestraError(f"log {log} of job {job_id} is not there (yet); try --follow")
+
+
+TAIL_BYTES = 256 * 1024  # at most this much of a log's end is read for a tail, however long its lines
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The last lines of one attempt's log (the dashboard's live tail); `attempt` None: the job
+    has not started, so there is no log yet; `missing`: the attempt left no file (yet)."""
+
+    job_id: int
+    attempt: int | None
+    lines: list[str]
+    missing: bool = False
+
+
+def log_tail(ctx: Context, job_id: int, lines: int = 200, number: int | None = None) -> LogTail:
+    """The last `lines` lines of attempt `number` of a job (default: the latest), read from the
+    end of the file (at most TAIL_BYTES of it): constant cost, however large the log is."""
+    if lines < 0:
+        raise OrchestraError("lines must be 0 or more")
+    if not known_job_id(job_id):
+        raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
+    with ctx.transaction() as session:
+        attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
+        if attempts is None:
+            raise NotFound(f"job {job_id} does not exist; `maestro job list -t TASK` shows job ids")
+        first = number or attempts
+        if not first:  # not started (held, queued, or ended before it ever ran): no log
+            return LogTail(job_id, None, [])
+        found = session.execute(select(Attempt.log_path).where(Attempt.job_id == job_id,
+                                                               Attempt.number == first)).first()
+        if found is None:
+            raise NotFound(f"job {job_id} has no attempt {first}; it has {attempts}")
+        log = found[0]
+    fd = _open_log(log) if log else None
+    if fd is None:
+        return LogTail(job_id, first, [], missing=True)
+    try:
+        end = os.fstat(fd).st_size
+        head = max(logcap.data_start(fd), end - TAIL_BYTES)
+        start = tail_start(fd, lines, head, end)
+        data = os.pread(fd, end - start, start) if end > start else b""
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace").splitlines()
+    return LogTail(job_id, first, text[-lines:] if lines else [])

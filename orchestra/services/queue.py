@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from orchestra import fairshare
@@ -657,14 +657,29 @@ def _expand_jobs(session: Session, ex: _Explainer, rows: list[QueueRow], limit: 
     return job_rows + others, total_pending > len(job_rows)
 
 
+JOB_IDS_BATCH = 200  # per-task heads in one statement (SQLite allows 500 terms in a compound SELECT)
+_HEAD = ('SELECT task_id, id, "index" FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
+         'AND status = :status ORDER BY id LIMIT :n{i}) AS h{i}')
+
+
 def _job_ids(session: Session, need: dict[int, int], status: str) -> dict[int, list[tuple[int, int]]]:
-    """The first n job (id, index) of each task in `need` with this status, in id order (dispatch order)."""
-    out: dict[int, list[tuple[int, int]]] = {}
-    for task_id, n in need.items():
-        rows = session.execute(
-            select(Job.id, Job.index).where(Job.task_id == task_id, Job.status == status).order_by(Job.id).limit(n)
-        ).all()
-        out[task_id] = [(a, b) for a, b in rows]
+    """The first n job (id, index) of each task in `need` with this status, in id order (dispatch order).
+
+    One statement per JOB_IDS_BATCH tasks: a UNION ALL of each task's index range scan (task_id,
+    status, id), rather than a round trip per task (200 tasks: ~140 ms on PostgreSQL, ~10 ms so).
+    Plain SQL: the ORM would spend more compiling 200 subqueries than the database answering them."""
+    out: dict[int, list[tuple[int, int]]] = {task_id: [] for task_id in need}
+    items = [(task_id, n) for task_id, n in need.items() if n > 0]
+    for start in range(0, len(items), JOB_IDS_BATCH):
+        chunk = items[start:start + JOB_IDS_BATCH]
+        sql = " UNION ALL ".join(_HEAD.format(i=i) for i in range(len(chunk)))
+        params: dict[str, Any] = {"status": status}
+        for i, (task_id, n) in enumerate(chunk):
+            params[f"t{i}"], params[f"n{i}"] = task_id, n
+        for task_id, job_id, index in session.execute(text(sql), params):
+            out[task_id].append((job_id, index))
+    for ids in out.values():
+        ids.sort()
     return out
 
 

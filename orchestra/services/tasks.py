@@ -149,6 +149,10 @@ def create(ctx: Context, req: TaskRequest, *, dry_run: bool = False) -> CreatedT
 
 def find(session: Session, ref: str) -> tuple[Task, str]:
     """A task by name or numeric id, with its owner's name."""
+    from orchestra.services.validation import known_job_id
+
+    if ref.isdigit() and not known_job_id(int(ref)):  # a number no id can be (SQLite would overflow)
+        raise NotFound(f"task {ref!r} does not exist; `maestro task list` shows your tasks")
     query = select(Task, User.name).join(User, User.id == Task.owner_id)
     query = query.where(Task.id == int(ref)) if ref.isdigit() else query.where(Task.name == ref)
     row = session.execute(query).first()
@@ -157,14 +161,21 @@ def find(session: Session, ref: str) -> tuple[Task, str]:
     return row[0], row[1]
 
 
-def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+def job_counts(session: Session, task_ids: list[int], *, counter: bool = False) -> dict[int, dict[str, int]]:
+    """Jobs per state of each task. `counter`: the queued ones from the task's `n_queued` (kept by
+    every move in and out of QUEUED, what the scheduler dispatches from), the rest counted in
+    index ranges that skip the queued entries: a task with a million queued jobs costs a few
+    rows, not a million (the dashboard's pages use it; the CLI counts every row)."""
     counts: dict[int, dict[str, int]] = {t: {} for t in task_ids}
     if not task_ids:
         return counts
-    rows = session.execute(
-        select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(task_ids)).group_by(Job.task_id, Job.status)
-    )
-    for task_id, status, n in rows:
+    query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(task_ids))
+    if counter:
+        query = query.where(Job.status.in_([s.value for s in JobStatus if s != JobStatus.QUEUED]))
+        for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(task_ids))):
+            if n_queued:
+                counts[task_id][JobStatus.QUEUED.value] = n_queued
+    for task_id, status, n in session.execute(query.group_by(Job.task_id, Job.status)):
         counts[task_id][status] = n
     return counts
 
@@ -178,17 +189,48 @@ def _summary(task: Task, owner: str, counts: dict[str, int]) -> TaskSummary:
 
 
 def list_tasks(ctx: Context, owner: str | None = None, status: str | None = None) -> list[TaskSummary]:
+    """Every task (of `owner`, in `status`), oldest first: `maestro task list`."""
+    return task_page(ctx, owner, status).rows
+
+
+def summary(ctx: Context, ref: str) -> TaskSummary:
+    """One task's line of `task list` (its state and counts), for a live view."""
+    with ctx.transaction() as session:
+        task, owner = find(session, ref)
+        return _summary(task, owner, job_counts(session, [task.id], counter=True)[task.id])
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing, and how many tasks matched in all (for the pager)."""
+
+    rows: list[TaskSummary]
+    total: int
+
+
+def task_page(ctx: Context, owner: str | None = None, status: str | None = None, *, limit: int = 0,
+              offset: int = 0, newest_first: bool = False, counter: bool = False) -> TaskPage:
+    """Tasks with their job counts, paged in SQL (`limit` 0: all of them), so a page of the
+    dashboard reads only its own rows and their counts, however many tasks there are
+    (`counter`: see `job_counts`)."""
     if status is not None and status not in {s.value for s in TaskStatus}:
         raise OrchestraError(f"--status {status!r} is unknown; use one of: {', '.join(s.value for s in TaskStatus)}")
     with ctx.transaction() as session:
-        query = select(Task, User.name).join(User, User.id == Task.owner_id).order_by(Task.id)
-        if owner:
-            query = query.where(User.name == owner)
-        if status:
-            query = query.where(Task.status == status)
+        where = ([User.name == owner] if owner else []) + ([Task.status == status] if status else [])
+        query = (select(Task, User.name).join(User, User.id == Task.owner_id).where(*where)
+                 .order_by(Task.id.desc() if newest_first else Task.id))
+        if limit:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         rows = session.execute(query).all()
-        counts = job_counts(session, [t.id for t, _ in rows])
-        return [_summary(t, o, counts[t.id]) for t, o in rows]
+        if limit and (len(rows) == limit or (offset and not rows)):
+            total = session.scalar(select(func.count()).select_from(Task).join(User, User.id == Task.owner_id)
+                                   .where(*where)) or 0
+        else:
+            total = offset + len(rows)
+        counts = job_counts(session, [t.id for t, _ in rows], counter=counter)
+        return TaskPage([_summary(t, o, counts[t.id]) for t, o in rows], total)
 
 
 @dataclass(frozen=True)
@@ -236,14 +278,15 @@ def tail(path: str | None, lines: int = 10) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
-    """Everything about a task, with its first `failures` failed attempts (0: all of them)."""
+def show(ctx: Context, ref: str, failures: int = 5, *, counter: bool = False) -> TaskDetail:
+    """Everything about a task, with its first `failures` failed attempts (0: all of them)
+    (`counter`: see `job_counts`)."""
     from orchestra.db.models import Dataset
     from orchestra.reasons import ended
 
     with ctx.transaction() as session:
         task, owner = find(session, ref)
-        counts = job_counts(session, [task.id])[task.id]
+        counts = job_counts(session, [task.id], counter=counter)[task.id]
         names = dict(
             session.execute(
                 select(Dataset.id, Dataset.name).where(Dataset.id.in_([task.config_dataset_id, task.data_dataset_id]))
@@ -266,6 +309,57 @@ def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
             task.n_scouts, task.output_root, names.get(task.config_dataset_id), names.get(task.data_dataset_id),
             failed, failed_total,
         )
+
+
+@dataclass(frozen=True)
+class ScoutJob:
+    id: int
+    index: int
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Scouts:
+    """A task's scout jobs and where their verdict stands (`states.scout_verdict`)."""
+
+    planned: int
+    needed: int  # successes that release the task
+    jobs: list[ScoutJob]
+    verdict: str | None  # "running" (released), "broken", or None: still undecided
+
+    @property
+    def succeeded(self) -> int:
+        return sum(j.status == JobStatus.SUCCEEDED for j in self.jobs)
+
+    @property
+    def failed(self) -> int:
+        return sum(j.status in (JobStatus.FAILED, JobStatus.KILLED) for j in self.jobs)
+
+
+def scouts(ctx: Context, task_id: int) -> Scouts | None:
+    """The scouts of a task (None: it has none, bypassed or not expanded yet), read by their
+    indices through the (task, index) key: a few rows, however many jobs the task has."""
+    from orchestra.scheduler.expand import scout_indices
+    from orchestra.states import scout_verdict, scouts_needed
+
+    threshold = ctx.settings.scheduler.scout_success_threshold
+    with ctx.transaction() as session:
+        task = session.get(Task, task_id)
+        if task is None or task.bypass or not task.n_scouts or not task.n_jobs:
+            return None
+        indices = sorted(scout_indices(task.n_jobs, task.n_scouts))
+        rows = session.execute(select(Job.id, Job.index, Job.status, Job.attempts)
+                               .where(Job.task_id == task_id, Job.index.in_(indices), Job.is_scout.is_(True))
+                               .order_by(Job.index)).all()
+        found = [ScoutJob(*r) for r in rows]
+        ok = sum(j.status == JobStatus.SUCCEEDED for j in found)
+        bad = sum(j.status in (JobStatus.FAILED, JobStatus.KILLED) for j in found)
+        verdict = scout_verdict(ok, bad, task.n_scouts, threshold)
+        if task.released_at is not None:
+            verdict = TaskStatus.RUNNING
+        return Scouts(task.n_scouts, scouts_needed(task.n_scouts, threshold), found,
+                      None if verdict is None else verdict.value)
 
 
 def _owned(ctx: Context, session: Session, ref: str) -> Task:
