@@ -308,3 +308,26 @@ class Outbox(Base):
     next_try_at: Mapped[float] = mapped_column(Float)
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[float | None] = mapped_column(Float)
+
+
+class UsageHistory(Base):
+    """What each user had running and queued at one full cycle, and what started since the record
+    before (migration 0011): the dashboard's usage charts read it (orchestra/services/history.py).
+
+    Compact by construction: one row per user with something running, queued or started at that
+    cycle, never one per job, plus one row with `user_id` NULL holding the totals of all users,
+    written at every record even when idle (so a chart knows how many records a period holds).
+    Written and pruned (`[retention] keep_history_days`) by the scheduler only; everyone reads it.
+    """
+
+    __tablename__ = "usage_history"
+    __table_args__ = (Index("ix_usage_history_at", "at"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)  # when recorded (epoch s)
+    # NULL: the row of totals over all users at `at`.
+    user_id: Mapped[int | None] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    running: Mapped[float] = mapped_column(Float)  # slots in use (live attempts), weighted as fair share charges them
+    queued: Mapped[int] = mapped_column(Integer)  # jobs waiting for a slot (the per-task counters)
+    started: Mapped[int] = mapped_column(Integer)  # jobs the backend accepted since the previous record
+    wait_seconds_sum: Mapped[float] = mapped_column(Float)  # their queue waits summed (mean = sum / started)
+    max_wait_seconds: Mapped[float] = mapped_column(Float)  # the longest of those waits (0 when none started)

@@ -35,6 +35,7 @@ from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
 from orchestra.scheduler.lease import LeaseLost
 from orchestra.notify.postman import Postman
 from orchestra.services import dependencies, retention
+from orchestra.services.history import Recorder
 from orchestra.services.context import WAKEUP_CHANNEL, Context
 from orchestra.services.status import Heartbeat
 from orchestra.states import FINAL_TASK, LIVE_ATTEMPT, TaskStatus
@@ -314,6 +315,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 say(f"cluster {name}: {describe()}")  # as whom jobs run and how they are contained
         cycles = 0
         passes = PassSummary()
+        history = Recorder()  # the usage history: starts of every pass, one record per full cycle
         outage = 0.0  # seconds of the last backoff while a backend is unavailable
         next_full = 0.0  # monotonic time the next full cycle is due: at once
         woke = "start"
@@ -339,6 +341,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 continue
             outage = 0.0
             tasks_ended = any(report.counts[f"tasks {s.value}"] for s in FINAL_TASK)
+            history.add(report)
             if metrics is not None:
                 metrics.record(report)
                 if metrics.due(full):
@@ -351,6 +354,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 next_full = time.monotonic() + interval
                 passes.flush(say)
                 say(report.line())
+                history.write(scheduler.tx, scheduler.clock())  # a failed write is logged, never raised
                 daily_retention(ctx, scheduler, say)
             else:
                 passes.add(report, say)
@@ -378,6 +382,8 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
                 wait = min(wait, owed)  # a short pass then, and the refresh it skipped
             woke = wait_beating(waker, wait, heartbeat)
         passes.flush(say)
+        if history.pending:  # starts of the short passes since the last full cycle: not lost at a stop
+            history.write(scheduler.tx, scheduler.clock())
         clean = not options.once
         if not waker.stop:
             stop_reason = ("--once: cycle done" if options.once

@@ -48,6 +48,7 @@ from orchestra.db.models import Attempt, ChangeCounter, Dataset, Installation, J
 from orchestra.errors import OrchestraError, PermissionDenied
 from orchestra.paths import UntrustedPath, safe_rmtree, state_root, trusted_output_root
 from orchestra.security import privileged
+from orchestra.services import history
 from orchestra.services.context import Context
 from orchestra.services.tasks import purge_outputs
 from orchestra.states import FINAL_TASK
@@ -95,13 +96,15 @@ class Report:
     noticed: list[Notice] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (task, why it stays although due)
     more: bool = False  # the run stopped at its limit: more is due
+    history_removed: int = 0  # usage history rows older than keep_history_days (services/history.py)
 
     def line(self) -> str:
         """One log line for the service."""
         gone = [r for r in self.removed if r.refused is None]
         return (f"retention: {len(gone)} task(s) removed ({sum(r.jobs for r in gone)} jobs, "
                 f"{sum(r.logs for r in gone)} log dirs), {len(self.noticed)} notice(s), {len(self.kept)} kept"
-                + (", more next cycle" if self.more else ""))
+                + (", more next cycle" if self.more else "")
+                + (f"; {self.history_removed} usage history row(s) removed" if self.history_removed else ""))
 
 
 @dataclass(frozen=True)
@@ -329,8 +332,14 @@ def daily(ctx: Context, transaction: Transaction, clock: Callable[[], float] = t
           batch: int = BATCH, limit: int = LIMIT) -> Report | None:
     """The service's run when due (None when not, or retention is off). The next run is due a day
     later, or at the next call when this one stopped at its limit; it is set to an hour from now
-    before the work, so a crash in the middle does not make every restart start over at once."""
-    if ctx.settings.retention.keep_finished_days <= 0:
+    before the work, so a crash in the middle does not make every restart start over at once.
+
+    The usage history's old rows go in the same run, and older records are thinned (`history.tidy`). With finished
+    tasks kept forever there is no due row (the service writes nothing it need not): the history is
+    pruned at every call then, a range delete on its `at` index that finds nothing most times."""
+    cfg = ctx.settings.retention
+    if cfg.keep_finished_days <= 0:
+        history.tidy(transaction, clock(), cfg.keep_history_days)
         return None
     now = clock()
     with transaction() as session:
@@ -339,6 +348,7 @@ def daily(ctx: Context, transaction: Transaction, clock: Callable[[], float] = t
             return None
         _set_next(session, due is None, now + 3600)
     report = run(ctx, service_writer(transaction), now, batch=batch, limit=limit)
+    report.history_removed = history.tidy(transaction, now, cfg.keep_history_days)
     with transaction() as session:
         _set_next(session, False, now if report.more else now + DAY)
     return report

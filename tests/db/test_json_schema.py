@@ -25,6 +25,9 @@ def documented() -> dict[str, list[tuple[str, str]]]:
             command = heading.group(1)
             out[command] = []
             continue
+        if line.startswith("## "):  # a section of another kind (an /api/ route): not a command's fields
+            command = None
+            continue
         row = re.match(r"\| `([^`]+)` \| ([^|]+?(?:\\\|[^|]+?)*) \|", line)
         if row and command:
             out[command].append((row.group(1), row.group(2).replace("\\|", "|").strip()))
