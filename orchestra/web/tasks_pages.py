@@ -35,8 +35,9 @@ BAR_ORDER = ("succeeded", "failed", "killed", "running", "starting", "queued", "
 
 
 def hidden_note(owner: str) -> str:
-    """What stands in for a private field the viewer may not read."""
-    return f"hidden: sign in as {owner} through the proxy"
+    """What stands in for a private field the viewer may not read, with the two ways to see it
+    (docs/web.md: a reverse proxy that authenticates users, or a dashboard only its owner reaches)."""
+    return f"hidden: sign in as {owner} through the proxy, or set [web] public = true on a private dashboard"
 
 
 def page_number(request: Request) -> int:

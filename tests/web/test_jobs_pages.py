@@ -109,10 +109,10 @@ def test_the_log_and_command_of_a_job_are_hidden_from_everyone_else(web: WebClie
     for user, trusted in ((None, True), ("bob", True), ("alice", False)):
         html = web.get(f"/jobs/{failed}", user, trusted=trusted).text
         assert SECRET not in html and "run " not in html, (user, trusted)
-        assert 'class="hidden-note">hidden: sign in as alice through the proxy<' in html
+        assert 'class="hidden-note">hidden: sign in as alice through the proxy, or set [web] public = true on a private dashboard<' in html
         api = web.get(f"/api/jobs/{failed}/log", user, trusted=trusted)
         assert api.status_code == 403 and SECRET not in api.text
-        assert api.json() == {"error": f"the log of job {failed} is private; hidden: sign in as alice through the proxy"}
+        assert api.json() == {"error": f"the log of job {failed} is private; hidden: sign in as alice through the proxy, or set [web] public = true on a private dashboard"}
         assert web.get(f"/api/jobs/{failed}", user, trusted=trusted).json()["command"] is None
         with closing(read_events(web, f"/live/jobs/{failed}", user)) as events:
             if trusted:

@@ -211,7 +211,7 @@ def test_private_parts_of_a_task_are_hidden_from_everyone_else(web: WebClient, l
     for user, trusted in ((None, True), ("bob", True), ("alice", False)):
         html = web.get(f"/tasks/{BUSY}", user, trusted=trusted).text
         assert COMMAND not in html and SECRET not in html, (user, trusted)
-        assert 'class="hidden-note">hidden: sign in as alice through the proxy<' in html
+        assert 'class="hidden-note">hidden: sign in as alice through the proxy, or set [web] public = true on a private dashboard<' in html
         api = web.get(f"/api/tasks/{BUSY}", user, trusted=trusted).json()
         assert api["command"] is None and all(f["log_tail"] is None for f in api["failed"])
     for user in ("alice", admin_name()):
