@@ -7,7 +7,8 @@ what this machine can do at best, measured the same minute. Three kinds of limit
   the same clean environment from `local.job_environment` plus the `_ORC_*` control variables, a
   flock'ed lock as its stdin and an append-only log as its stdout, its own session) around the
   command `:`, started and waited for, serially and with one launcher thread per core. What it
-  leaves out, and Orchestra pays on top: the state directory checks, the storage probe, cgroups
+  leaves out, and Orchestra pays on top: the state directory checks, the storage probe, the job's
+  output directory (here it exists already; Orchestra makes it before the spawn), cgroups
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
 - raw set-based UPDATE: one Core statement that marks 1,000 queued job rows running (what the
   cycle's record step does, without its bookkeeping), committed; the mean of a few.

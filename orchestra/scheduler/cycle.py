@@ -143,6 +143,19 @@ class Ending:
     final: bool = False  # fails the job at once, whatever its retries (e.g. its owner has no account)
 
 
+@dataclass
+class _Observed:
+    """What a survey of the live attempts found, before any of it is written."""
+
+    now: float
+    live: list[LiveAttempt]
+    clusters: list[str]
+    endings: list[Ending]
+    confirmed: list[LiveAttempt]
+    waiting: list[tuple[LiveAttempt, str | None]]
+    strangers: dict[str, list[str]]
+
+
 class Scheduler:
     """Runs cycles against the database and one backend per cluster."""
 
@@ -210,8 +223,20 @@ class Scheduler:
         started = time.perf_counter()
         report = CycleReport(full=full)
         crashpoints.current_pass = "full" if full else "short"
-        with report.step("reconcile"):
-            self.reconcile(report, full)
+        if not full:
+            with report.step("reconcile"):
+                seen = self._observe(report)
+            if not report.counts["stopped"]:
+                self._short_pass(seen, report)
+                report.seconds = time.perf_counter() - started
+                return report
+            with report.step("reconcile"):
+                with self.tx() as session:
+                    self._record_observed(session, seen, report, full)
+                self._release_ended(seen, report)
+        else:
+            with report.step("reconcile"):
+                self.reconcile(report, full)
         if full or report.counts["stopped"]:  # the last stopped attempt of a killed task lets it finish
             with report.step("requests"):
                 self.apply_requests(report)
@@ -223,6 +248,23 @@ class Scheduler:
         self.fill(report)  # steps `dispatch` and `launch`
         report.seconds = time.perf_counter() - started
         return report
+
+    def _short_pass(self, seen: _Observed, report: CycleReport) -> None:
+        """The short pass's writes in one transaction (issue 18: each transaction costs a lease
+        renewal and a commit, an fsync on PostgreSQL): the ends just observed are recorded, the task
+        states they decide are moved and the freed slots' attempts are recorded, all committed
+        before any backend call that depends on them (the release of the ended attempts, the
+        launches); the launches' answers are recorded in a second one, as in a full cycle."""
+        with report.step("dispatch"), self.tx() as session:
+            self._record_observed(session, seen, report, False)
+            self._advance(session, report)
+            now = self.clock()
+            plan = self._plan(session, now)
+            specs = self._dispatch(session, plan, now, report) if plan else []
+        self._release_ended(seen, report)
+        if specs:
+            with report.step("launch"):
+                self._launch(specs, now, report)
 
     def poll_after(self) -> float | None:
         """Seconds after which a backend wants a short pass even without an event (or None).
@@ -259,6 +301,14 @@ class Scheduler:
 
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
         """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
+        seen = self._observe(report)
+        with self.tx() as session:
+            self._record_observed(session, seen, report, full)
+        self._release_ended(seen, report)
+
+    def _observe(self, report: CycleReport) -> _Observed:
+        """Ask the backends about every live attempt; mark and signal the timed out (their
+        `stopping` committed before the signal). Nothing it learns is written yet."""
         with self.tx() as session:
             live = self.live_attempts(session)
         now = self.clock()
@@ -308,16 +358,21 @@ class Scheduler:
                 self._mark_stopping(session, timed_out, "timeout")
         if timed_out or stopping:
             self._kill(timed_out + stopping)  # returns at once; the attempts end when their processes do
-        with self.tx() as session:
-            self._confirm(session, confirmed, now)
-            self._note_waiting(session, waiting)
-            self._record_endings(session, endings, report)
-            self._charge_usage(session, live, endings, now, everyone=full)
-        for cluster, attempts in by_cluster.items():
-            ended = [e.attempt.backend_name for e in endings if e.attempt.cluster == cluster]
-            if ended or strangers.get(cluster):
-                self.backend(cluster).release(ended + strangers.get(cluster, []))
-        report.counts["strangers removed"] += sum(len(s) for s in strangers.values())
+        return _Observed(now, live, list(by_cluster), endings, confirmed, waiting, strangers)
+
+    def _record_observed(self, session: Session, seen: _Observed, report: CycleReport, full: bool) -> None:
+        self._confirm(session, seen.confirmed, seen.now)
+        self._note_waiting(session, seen.waiting)
+        self._record_endings(session, seen.endings, report)
+        self._charge_usage(session, seen.live, seen.endings, seen.now, everyone=full)
+
+    def _release_ended(self, seen: _Observed, report: CycleReport) -> None:
+        """Once their end is committed: the ended attempts' backend objects go, and strangers."""
+        for cluster in seen.clusters:
+            ended = [e.attempt.backend_name for e in seen.endings if e.attempt.cluster == cluster]
+            if ended or seen.strangers.get(cluster):
+                self.backend(cluster).release(ended + seen.strangers.get(cluster, []))
+        report.counts["strangers removed"] += sum(len(s) for s in seen.strangers.values())
 
     @staticmethod
     def _mark_stopping(session: Session, attempts: Sequence[LiveAttempt], why: str) -> None:
@@ -526,63 +581,66 @@ class Scheduler:
     def advance_tasks(self, report: CycleReport) -> None:
         """Release or break scouting tasks (a broken task's queued jobs are killed); finish running
         tasks whose jobs are all final."""
+        with self.tx() as session:
+            self._advance(session, report)
+
+    def _advance(self, session: Session, report: CycleReport) -> None:
         threshold = self.settings.scheduler.scout_success_threshold
         now = self.clock()
-        with self.tx() as session:
-            scouting = session.execute(
-                select(Task.id, Task.n_scouts).where(Task.status == TaskStatus.SCOUTING.value, Task.request.is_(None))
-            ).all()
-            progress = scout_progress(session, [t.id for t in scouting])
-            for task_id, n_scouts in scouting:
-                succeeded, failed = progress[task_id]
-                verdict = scout_verdict(succeeded, failed, n_scouts, threshold)
-                if verdict == TaskStatus.RUNNING:
-                    released = session.execute(
-                        update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
-                        .values(status=JobStatus.QUEUED.value, queued_at=now)
-                    ).rowcount
-                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
-                        status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
-                        n_queued=TASKS.c.n_queued + released))
-                    report.counts["tasks released"] += 1
-                elif verdict == TaskStatus.BROKEN:
-                    session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
-                        status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id),
-                        updated_at=now, finished_at=now))
-                    report.counts["tasks broken"] += 1
-                    outbox.task_ended(session, self.settings, task_id, "broken", now)  # its scouts failed
-            # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
-            # a task broken at dispatch, see `_trusted_roots`) end KILLED with the reason, and a
-            # retry re-queues them. Its held jobs stay held (a retry releases them after its scouts);
-            # scouts already running end on their own (`task show` reports them).
-            broken = session.execute(
-                select(Task.id, Task.reason).where(Task.status == TaskStatus.BROKEN.value, Task.n_queued > 0)
-            ).all()
-            for task_id, why in broken:
-                report.counts["jobs cancelled"] += session.execute(
-                    update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.QUEUED.value)
-                    .values(status=JobStatus.KILLED.value, reason=f"its task is broken: {why}", ended_at=now)
+        scouting = session.execute(
+            select(Task.id, Task.n_scouts).where(Task.status == TaskStatus.SCOUTING.value, Task.request.is_(None))
+        ).all()
+        progress = scout_progress(session, [t.id for t in scouting])
+        for task_id, n_scouts in scouting:
+            succeeded, failed = progress[task_id]
+            verdict = scout_verdict(succeeded, failed, n_scouts, threshold)
+            if verdict == TaskStatus.RUNNING:
+                released = session.execute(
+                    update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
+                    .values(status=JobStatus.QUEUED.value, queued_at=now)
                 ).rowcount
-                session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0, updated_at=now))
-            running = session.scalars(
-                select(Task.id).where(Task.status == TaskStatus.RUNNING.value, Task.n_queued == 0,
-                                      Task.request.is_(None))
-            ).all()
-            pending = (JobStatus.HELD.value, JobStatus.QUEUED.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
-            for task_id in running:
-                busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, JOBS.c.status.in_(pending))))
-                if busy:
-                    continue
-                counts = self._final_counts(session, [task_id]).get(task_id, {})
-                status = final_task_status(counts.get(JobStatus.SUCCEEDED, 0), counts.get(JobStatus.FAILED, 0),
-                                           counts.get(JobStatus.KILLED, 0))
-                reason = None if status == TaskStatus.COMPLETED else (
-                    f"{counts.get(JobStatus.FAILED, 0)} job(s) failed after all retries, "
-                    f"{counts.get(JobStatus.KILLED, 0)} killed; `maestro task retry` re-queues them")
                 session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
-                    status=status.value, reason=reason, updated_at=now, finished_at=now))
-                report.counts[f"tasks {status.value}"] += 1
-                outbox.task_ended(session, self.settings, task_id, status.value, now)
+                    status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
+                    n_queued=TASKS.c.n_queued + released))
+                report.counts["tasks released"] += 1
+            elif verdict == TaskStatus.BROKEN:
+                session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
+                    status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id),
+                    updated_at=now, finished_at=now))
+                report.counts["tasks broken"] += 1
+                outbox.task_ended(session, self.settings, task_id, "broken", now)  # its scouts failed
+        # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
+        # a task broken at dispatch, see `_trusted_roots`) end KILLED with the reason, and a
+        # retry re-queues them. Its held jobs stay held (a retry releases them after its scouts);
+        # scouts already running end on their own (`task show` reports them).
+        broken = session.execute(
+            select(Task.id, Task.reason).where(Task.status == TaskStatus.BROKEN.value, Task.n_queued > 0)
+        ).all()
+        for task_id, why in broken:
+            report.counts["jobs cancelled"] += session.execute(
+                update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.KILLED.value, reason=f"its task is broken: {why}", ended_at=now)
+            ).rowcount
+            session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0, updated_at=now))
+        running = session.scalars(
+            select(Task.id).where(Task.status == TaskStatus.RUNNING.value, Task.n_queued == 0,
+                                  Task.request.is_(None))
+        ).all()
+        pending = (JobStatus.HELD.value, JobStatus.QUEUED.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
+        for task_id in running:
+            busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, JOBS.c.status.in_(pending))))
+            if busy:
+                continue
+            counts = self._final_counts(session, [task_id]).get(task_id, {})
+            status = final_task_status(counts.get(JobStatus.SUCCEEDED, 0), counts.get(JobStatus.FAILED, 0),
+                                       counts.get(JobStatus.KILLED, 0))
+            reason = None if status == TaskStatus.COMPLETED else (
+                f"{counts.get(JobStatus.FAILED, 0)} job(s) failed after all retries, "
+                f"{counts.get(JobStatus.KILLED, 0)} killed; `maestro task retry` re-queues them")
+            session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
+                status=status.value, reason=reason, updated_at=now, finished_at=now))
+            report.counts[f"tasks {status.value}"] += 1
+            outbox.task_ended(session, self.settings, task_id, status.value, now)
 
     @staticmethod
     def _final_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -11,12 +11,17 @@ import socket
 import time
 import uuid
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from orchestra.db.models import SchedulerLease
 
 LEASE = "scheduler"
+
+
+_LEASES = SchedulerLease.__table__
+_RENEW = (update(_LEASES).where(_LEASES.c.name == LEASE, _LEASES.c.holder == bindparam("b_holder"))
+          .values(expires_at=bindparam("b_expires")))
 
 
 class LeaseLost(RuntimeError):
@@ -72,12 +77,12 @@ class Lease:
             return True
 
     def guard(self, session: Session) -> None:
-        """Renew inside the caller's transaction; raise LeaseLost if someone else holds it."""
-        done = session.execute(
-            update(SchedulerLease)
-            .where(SchedulerLease.name == LEASE, SchedulerLease.holder == self.holder)
-            .values(expires_at=time.time() + self.ttl)
-        ).rowcount
+        """Renew inside the caller's transaction; raise LeaseLost if someone else holds it.
+
+        It runs at the start of every scheduler transaction (several per short pass, hundreds of
+        passes per second at turnover): one Core statement built once, run on the session's
+        connection, without the ORM's per-statement work (~0.5 ms of CPU saved each, issue 18)."""
+        done = session.connection().execute(_RENEW, {"b_holder": self.holder, "b_expires": time.time() + self.ttl}).rowcount
         if done != 1:
             raise LeaseLost(f"scheduler {self.holder} lost its lease")
 

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -43,19 +44,29 @@ def walk_files(root: Path) -> Iterator[tuple[str, int]]:
     top = os.stat(root)
     stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(root, frozenset({(top.st_dev, top.st_ino)}))]
     found: list[tuple[str, int]] = []
+    stat = os.stat
     while stack:
         directory, above = stack.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
-                    here = entry.stat(follow_symlinks=True)
-                    key = (here.st_dev, here.st_ino)
-                    if key in above:
-                        raise OSError(errno.ELOOP, "a symbolic link to a directory above it", entry.path)
-                    stack.append((Path(entry.path), above | {key}))
-                elif entry.is_file(follow_symlinks=True):
-                    found.append((entry.path, entry.stat(follow_symlinks=True).st_size))
-    found.sort()
+        # A file's size by its name relative to its directory's descriptor: the kernel walks one
+        # component instead of the whole path (a 100,000-file directory: ~10 % of the walk).
+        folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=True):
+                        here = entry.stat(follow_symlinks=True)
+                        key = (here.st_dev, here.st_ino)
+                        if key in above:
+                            raise OSError(errno.ELOOP, "a symbolic link to a directory above it", entry.path)
+                        stack.append((Path(entry.path), above | {key}))
+                    elif entry.is_file(follow_symlinks=True):
+                        try:
+                            found.append((entry.path, stat(entry.name, dir_fd=folder).st_size))
+                        except OSError as exc:  # named by its whole path, as the callers say it
+                            raise OSError(exc.errno, exc.strerror, entry.path) from None
+        finally:
+            os.close(folder)
+    found.sort(key=itemgetter(0))  # paths are unique: the same order as sorting the pairs, cheaper
     return iter(found)
 
 
