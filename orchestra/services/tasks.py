@@ -161,20 +161,19 @@ def find(session: Session, ref: str) -> tuple[Task, str]:
     return row[0], row[1]
 
 
-def job_counts(session: Session, task_ids: list[int], *, counter: bool = False) -> dict[int, dict[str, int]]:
-    """Jobs per state of each task. `counter`: the queued ones from the task's `n_queued` (kept by
-    every move in and out of QUEUED, what the scheduler dispatches from), the rest counted in
-    index ranges that skip the queued entries: a task with a million queued jobs costs a few
-    rows, not a million (the dashboard's pages use it; the CLI counts every row)."""
+def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Jobs per state of each task: the queued ones from the task's `n_queued` (kept by every move
+    in and out of QUEUED, what the scheduler dispatches from), the rest counted in index ranges
+    that skip the queued entries, so a task with a million queued jobs costs a few rows, not a
+    million (the CLI and the dashboard both count this way, so they cannot disagree)."""
     counts: dict[int, dict[str, int]] = {t: {} for t in task_ids}
     if not task_ids:
         return counts
     query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(task_ids))
-    if counter:
-        query = query.where(Job.status.in_([s.value for s in JobStatus if s != JobStatus.QUEUED]))
-        for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(task_ids))):
-            if n_queued:
-                counts[task_id][JobStatus.QUEUED.value] = n_queued
+    query = query.where(Job.status.in_([s.value for s in JobStatus if s != JobStatus.QUEUED]))
+    for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(task_ids))):
+        if n_queued:
+            counts[task_id][JobStatus.QUEUED.value] = n_queued
     for task_id, status, n in session.execute(query.group_by(Job.task_id, Job.status)):
         counts[task_id][status] = n
     return counts
@@ -197,7 +196,7 @@ def summary(ctx: Context, ref: str) -> TaskSummary:
     """One task's line of `task list` (its state and counts), for a live view."""
     with ctx.transaction() as session:
         task, owner = find(session, ref)
-        return _summary(task, owner, job_counts(session, [task.id], counter=True)[task.id])
+        return _summary(task, owner, job_counts(session, [task.id])[task.id])
 
 
 @dataclass(frozen=True)
@@ -209,10 +208,9 @@ class TaskPage:
 
 
 def task_page(ctx: Context, owner: str | None = None, status: str | None = None, *, limit: int = 0,
-              offset: int = 0, newest_first: bool = False, counter: bool = False) -> TaskPage:
+              offset: int = 0, newest_first: bool = False) -> TaskPage:
     """Tasks with their job counts, paged in SQL (`limit` 0: all of them), so a page of the
-    dashboard reads only its own rows and their counts, however many tasks there are
-    (`counter`: see `job_counts`)."""
+    dashboard reads only its own rows and their counts, however many tasks there are."""
     if status is not None and status not in {s.value for s in TaskStatus}:
         raise OrchestraError(f"--status {status!r} is unknown; use one of: {', '.join(s.value for s in TaskStatus)}")
     with ctx.transaction() as session:
@@ -229,7 +227,7 @@ def task_page(ctx: Context, owner: str | None = None, status: str | None = None,
                                    .where(*where)) or 0
         else:
             total = offset + len(rows)
-        counts = job_counts(session, [t.id for t, _ in rows], counter=counter)
+        counts = job_counts(session, [t.id for t, _ in rows])
         return TaskPage([_summary(t, o, counts[t.id]) for t, o in rows], total)
 
 
@@ -278,15 +276,14 @@ def tail(path: str | None, lines: int = 10) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def show(ctx: Context, ref: str, failures: int = 5, *, counter: bool = False) -> TaskDetail:
-    """Everything about a task, with its first `failures` failed attempts (0: all of them)
-    (`counter`: see `job_counts`)."""
+def show(ctx: Context, ref: str, failures: int = 5) -> TaskDetail:
+    """Everything about a task, with its first `failures` failed attempts (0: all of them)."""
     from orchestra.db.models import Dataset
     from orchestra.reasons import ended
 
     with ctx.transaction() as session:
         task, owner = find(session, ref)
-        counts = job_counts(session, [task.id], counter=counter)[task.id]
+        counts = job_counts(session, [task.id])[task.id]
         names = dict(
             session.execute(
                 select(Dataset.id, Dataset.name).where(Dataset.id.in_([task.config_dataset_id, task.data_dataset_id]))

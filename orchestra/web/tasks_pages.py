@@ -79,7 +79,7 @@ def tasks_list(request: Request) -> Response:
     number, user = page_number(request), user_filter(request)
     state = state_filter(request, TASK_STATES)
     found = tasks.task_page(context_of(request), user, state, limit=TASKS_PER_PAGE,
-                            offset=(number - 1) * TASKS_PER_PAGE, newest_first=True, counter=True)
+                            offset=(number - 1) * TASKS_PER_PAGE, newest_first=True)
     return page(request, "tasks.html", rows=found.rows, total=found.total, page=number,
                 pages=pages(found.total, TASKS_PER_PAGE), user=user or "", state=state or "",
                 states=TASK_STATES, bar=bar, query=_query(user=user, state=state))
@@ -91,8 +91,7 @@ def api_tasks(request: Request) -> Response:
     ctx = context_of(request)
     if "page" in request.query_params:
         number = page_number(request)
-        rows = tasks.task_page(ctx, user, state, limit=TASKS_PER_PAGE, offset=(number - 1) * TASKS_PER_PAGE,
-                               counter=True).rows
+        rows = tasks.task_page(ctx, user, state, limit=TASKS_PER_PAGE, offset=(number - 1) * TASKS_PER_PAGE).rows
     else:
         rows = tasks.list_tasks(ctx, user, state)
     return JSONResponse([jsonout.task_summary(r) for r in rows])
@@ -112,7 +111,7 @@ def task_document(request: Request, ref: str) -> tuple[tasks.TaskDetail, task_no
     """`maestro task show --json` for `ref`, with its private fields null unless the viewer may
     read them; also the detail and notes it was built from (for the page)."""
     ctx = context_of(request)
-    detail = tasks.show(ctx, ref, failures=FAILURES_SHOWN, counter=True)
+    detail = tasks.show(ctx, ref, failures=FAILURES_SHOWN)
     notes = task_notes.notes(ctx, detail.summary.id)
     data = {**jsonout.task_detail(detail), **jsonout.plain(notes.as_json())}
     if not request.state.viewer.sees_private(detail.summary.owner):
