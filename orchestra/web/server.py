@@ -2,9 +2,12 @@
 process (tests, the bench) on a socket bound before it starts, so its URL is known at once."""
 from __future__ import annotations
 
+import logging
+import signal
 import socket
 import threading
-import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
@@ -27,6 +30,9 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a one-line error naming the address and the fix."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: without it a keep-alive response written in two parts (head,
+    # body) waits for the client's delayed ACK, 40 ms per request (scripts/bench_web.py measured it).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -36,11 +42,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, except that SIGTERM/SIGINT end the process with status 0 after the graceful stop:
+    uvicorn >= 0.29 raises the signal again once it has stopped, so the process died by it (143)
+    and a supervisor or a test could not tell a clean stop from a crash."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 def serve(ctx: Context, host: str, port: int) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM), on host:port."""
+    """Serve until interrupted (SIGINT/SIGTERM, then exit 0), on host:port."""
     sock = bind(host, port)
     log.info("Orchestra dashboard at http://%s:%d/ (read-only; JSON under /api/)", host, sock.getsockname()[1])
-    uvicorn.Server(_config(ctx)).run(sockets=[sock])
+    _Server(_config(ctx)).run(sockets=[sock])
 
 
 @dataclass

@@ -55,3 +55,21 @@ def test_limits_and_cycle_benchmarks_print_their_rows(kind: str, request: pytest
     assert re.match(r"[\d,]+ jobs/s \(50 spawns, each waited for, 1 launcher\)",
                     limits["| limit: the local backend's wrapper around `:`, spawned serially"][5])
     assert re.match(r"[\d,]+\.\d\d ms, mean of 20;", limits["| limit: one minimal commit (one job row changed)"][5])
+
+
+def test_the_dashboard_bench_times_every_route() -> None:
+    """`scripts/bench_web.py` at a tiny size on SQLite: one row per route the app declares plus its
+    variants, each answered 200 with a verdict against the 200 ms goal; no route left untimed.
+    (Only the table's shape: no timing is asserted.)"""
+    command = [sys.executable, str(ROOT / "scripts" / "bench_web.py"), "--jobs", "200", "--users", "10",
+               "--repeat", "1", "--history-days", "0.01", "--history-users", "3"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| `")]
+    routes = {row[0].removeprefix("| `").removesuffix("`") for row in rows}
+    assert {"/", "/queue", "/tasks", "/usage", "/api/status", "/api/queue", "/api/tasks"} <= routes, routes
+    assert any(r.startswith("/jobs/") for r in routes) and any(r.startswith("/live/") for r in routes)
+    for row in rows:
+        assert re.fullmatch(r"[\d.]+", row[1]) and re.fullmatch(r"[\d.]+", row[2]), row
+        assert row[4] == "200 ms" and row[5].rstrip(" |") in ("meets", "misses", "misses (worst)"), row
+    assert re.search(rf"^\d+ of {len(rows)} routes answer every request in under 200 ms\.$", out.stdout, re.M)

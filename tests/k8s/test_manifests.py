@@ -68,8 +68,9 @@ def k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def the(kind: str) -> dict[str, Any]:
-    """The one object of `kind` among the manifests."""
-    found = [doc for _, doc in k8s_objects() if doc.get("kind") == kind]
+    """The one object of `kind` among the scheduler's manifests (the dashboard's, web.yaml, are
+    checked by tests/k8s/test_web_manifests.py)."""
+    found = [doc for path, doc in k8s_objects() if doc.get("kind") == kind and path.name != "web.yaml"]
     assert len(found) == 1, f"expected exactly one {kind} under docker/k8s, found {len(found)}"
     return found[0]
 
