@@ -86,7 +86,10 @@ class ViewerMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        value = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == self.header), None)
+        values = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == self.header]
+        # Twice is ambiguous (a proxy that appends rather than replaces would pass the browser's
+        # own copy first): then nobody is vouched for.
+        value = values[0] if len(values) == 1 else None
         config = self.ctx.settings.web
         admins = self.admins.names() if value else frozenset()
         scope.setdefault("state", {})["viewer"] = viewer_for(config, client[0] if client else None, value, admins)

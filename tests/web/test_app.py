@@ -49,3 +49,14 @@ def test_a_viewer_sees_private_parts_of_their_own_tasks_only() -> None:
 def test_the_header_from_an_untrusted_address_is_ignored(web: WebClient) -> None:
     assert ">alice<" in web.get("/no/such/page", "alice").text
     assert ">alice<" not in web.get("/no/such/page", "alice", trusted=False).text
+
+
+def test_a_user_header_sent_twice_vouches_for_nobody(web: WebClient) -> None:
+    """A proxy that appends its header to the browser's own would make two: the first may be forged."""
+    import httpx
+
+    with httpx.Client(base_url=web.url) as client:
+        twice = client.get("/no/such/page", headers=[("X-Forwarded-User", "root"), ("X-Forwarded-User", "alice")])
+        once = client.get("/no/such/page", headers=[("X-Forwarded-User", "alice")])
+    assert ">alice<" in once.text
+    assert ">anonymous<" in twice.text and ">root" not in twice.text
