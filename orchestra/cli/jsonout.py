@@ -34,20 +34,51 @@ def _is_time(key: str) -> bool:
     return key.endswith("_at") or key == "now"
 
 
+# Types whose values are already JSON values (exact types: a subclass such as a str enum or a
+# numpy float takes the general path, which treats it the same way it always did).
+_SCALAR = frozenset({str, int, float, bool, type(None)})
+_NUMBER = frozenset({int, float})
+# Per dataclass type: its fields as (name, is a time): looked up once per type, not per row
+# (`dataclasses.fields` and the name test cost more than the conversion for a 1,000-row report).
+_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _fields(cls: type) -> tuple[tuple[str, bool], ...] | None:
+    """The cached field list of a dataclass type, or None when `cls` is not one."""
+    names = _FIELDS.get(cls)
+    if names is None and dataclasses.is_dataclass(cls):
+        names = _FIELDS[cls] = tuple((f.name, _is_time(f.name)) for f in dataclasses.fields(cls))
+    return names
+
+
 def plain(obj: Any) -> Any:
     """Dataclasses, dicts and lists as JSON values, with every time (`*_at`, `now`) in ISO 8601.
-    A field another module adds to a report passes through (under the same time rule)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _value(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    A field another module adds to a report passes through (under the same time rule).
+
+    Hot path of every `--json` and /api/ document (1,000-row listings): exact-type dispatch, the
+    common scalars returned at once, dataclass field lists cached per type."""
+    cls = type(obj)
+    if cls in _SCALAR:
+        return obj
+    if cls is list:
+        return [plain(v) for v in obj]
+    if cls is dict:
+        return {str(k): _value(_is_time(str(k)), v) for k, v in obj.items()}
+    names = _fields(cls)
+    if names is not None:
+        return {name: _value(is_time, getattr(obj, name)) for name, is_time in names}
     if isinstance(obj, dict):
-        return {str(k): _value(str(k), v) for k, v in obj.items()}
+        return {str(k): _value(_is_time(str(k)), v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     return obj
 
 
-def _value(key: str, value: Any) -> Any:
-    if _is_time(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+def _value(is_time: bool, value: Any) -> Any:
+    cls = type(value)
+    if cls in _SCALAR:
+        return iso(float(value)) if is_time and cls in _NUMBER else value
+    if is_time and isinstance(value, (int, float)) and not isinstance(value, bool):
         return iso(float(value))
     return plain(value)
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,6 +41,9 @@ from sqlalchemy.orm import Session
 from orchestra.config import Settings
 from orchestra.db.models import ChangeCounter, SchedulerLease, User
 from orchestra.services.context import Context
+
+if TYPE_CHECKING:  # numpy and the policy: imported by `status` only when it runs
+    from orchestra.services.queue import PolicyView
 
 HEARTBEAT, LAST_CYCLE, STOPPED = "heartbeat", "last_cycle", "stopped"
 ROWS = (HEARTBEAT, LAST_CYCLE, STOPPED)
@@ -241,15 +245,21 @@ def holds(session: Session) -> list[Hold]:
     return [Hold("queue", f"{h.cluster}/{h.queue}", h.reason, h.since, h.retry_at, h.tries) for h in rows]
 
 
-def status(ctx: Context, now: float | None = None) -> StatusReport:
-    """Everything `orchestra status` shows; any user may ask (it reads what `maestro queue` reads)."""
+def status(ctx: Context, now: float | None = None, *, view: PolicyView | None = None,
+           pending: dict[int, tuple[int, int]] | None = None) -> StatusReport:
+    """Everything `orchestra status` shows; any user may ask (it reads what `maestro queue` reads).
+
+    `view` and `pending`: the policy input at `now` and `pending_by_user`, when the caller has
+    read them already (the dashboard's overview shares one read with `usage_report`); else read."""
     from orchestra.services.queue import pending_by_user, policy_input, queue_states  # numpy: only here
 
     now = time.time() if now is None else now
     live = liveness(ctx.engine, ctx.settings, now)
     with ctx.transaction() as session:
-        view = policy_input(session, ctx.settings, now)
-        pending = pending_by_user(session)
+        if view is None:
+            view = policy_input(session, ctx.settings, now)
+        if pending is None:
+            pending = pending_by_user(session)
         ids = sorted({*pending, *(u for u, n in view.user_running.items() if n)})
         names = dict(session.execute(select(User.id, User.name).where(User.id.in_(ids))).all()) if ids else {}
         held = holds(session)

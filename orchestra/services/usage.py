@@ -18,7 +18,7 @@ from orchestra import fairshare
 from orchestra.accounts import account_of, effective_shares
 from orchestra.db.models import User
 from orchestra.services.context import Context
-from orchestra.services.queue import _user_id, pending_by_user, policy_input
+from orchestra.services.queue import PolicyView, _user_id, pending_by_user, policy_input
 
 
 @dataclass
@@ -46,14 +46,20 @@ class UsageReport:
     rows: list[UserUsage]
 
 
-def usage_report(ctx: Context, user: str | None = None, now: float | None = None) -> UsageReport:
+def usage_report(ctx: Context, user: str | None = None, now: float | None = None, *, view: PolicyView | None = None,
+                 pending: dict[int, tuple[int, int]] | None = None) -> UsageReport:
+    """`maestro usage [-u USER]`. `view` and `pending`: the policy input at `now` and
+    `pending_by_user`, when the caller has read them already (the dashboard's overview shares one
+    read with `status`); else read here."""
     now = time.time() if now is None else now
     settings = ctx.settings
     fs = settings.fairshare
     with ctx.transaction() as session:
         only = _user_id(session, user) if user else None
-        view = policy_input(session, settings, now)
-        pending = pending_by_user(session)
+        if view is None:
+            view = policy_input(session, settings, now)
+        if pending is None:
+            pending = pending_by_user(session)
         users = session.execute(
             select(User.id, User.name, User.share, User.max_running, User.usage, User.usage_at).order_by(User.name)
         ).all()

@@ -16,6 +16,7 @@ LIVE_INTERVAL seconds and sends when they change (orchestra/web/live.py). Nothin
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +68,15 @@ class Overview:
 
 def overview(ctx: Context) -> Overview:
     """Everything the overview shows: `orchestra status` + `maestro usage` + `activity`."""
-    from orchestra.services.usage import usage_report  # numpy: only when asked
+    from orchestra.services.queue import pending_by_user, policy_input  # numpy: only when asked
+    from orchestra.services.usage import usage_report
 
-    report = status(ctx)
-    usage = usage_report(ctx)
+    now = time.time()
+    with ctx.transaction() as session:  # one policy input and one pending count for both reports
+        view = policy_input(session, ctx.settings, now)
+        pending = pending_by_user(session)
+    report = status(ctx, now, view=view, pending=pending)
+    usage = usage_report(ctx, now=now, view=view, pending=pending)
     act = activity(ctx)
     listing = tables.usage(usage)
     busy = [i for i, r in enumerate(usage.rows) if r.running or r.queued or r.held]

@@ -12,8 +12,6 @@ PAGE_ROWS rows of it at a time (`?page=N`).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from orchestra.cli import jsonout, tables
 from orchestra.cli.listing import NUMBER, Listing, shown
 from orchestra.errors import OrchestraError
-from orchestra.web.app import context_of
+from orchestra.web.app import context_of, json_document
 from orchestra.web.render import page
 
 PAGE_ROWS = 100  # rows of the report per page
@@ -65,13 +63,8 @@ def int_param(request: Request, name: str, default: int, low: int, high: int | N
 
 def json_response(data: Any) -> Response:
     """The document exactly as the CLI's `--json` prints it (orchestra/cli/common.py print_json):
-    the same encoder, so NaN or a stray dataclass come out the same way too."""
-    def default(obj: Any) -> Any:
-        if is_dataclass(obj) and not isinstance(obj, type):
-            return asdict(obj)
-        return str(obj)
-
-    return Response(json.dumps(data, default=default, indent=2) + "\n", media_type="application/json")
+    the same encoder rules, compact (see `app.json_document`)."""
+    return json_document(data)
 
 
 # ---------------------------------------------------------------------------------------- the data

@@ -21,7 +21,7 @@ from orchestra.errors import NotFound, OrchestraError
 from orchestra.naming import USER_NAME
 from orchestra.services import dependencies, jobs, task_notes, tasks
 from orchestra.states import JobStatus, TaskStatus
-from orchestra.web.app import context_of
+from orchestra.web.app import context_of, json_document
 from orchestra.web.live import stream
 from orchestra.web.render import fragment, page
 
@@ -94,7 +94,7 @@ def api_tasks(request: Request) -> Response:
         rows = tasks.task_page(ctx, user, state, limit=TASKS_PER_PAGE, offset=(number - 1) * TASKS_PER_PAGE).rows
     else:
         rows = tasks.list_tasks(ctx, user, state)
-    return JSONResponse([jsonout.task_summary(r) for r in rows])
+    return json_document([jsonout.task_summary(r) for r in rows])
 
 
 def _query(**values: str | None) -> str:
