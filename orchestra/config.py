@@ -129,7 +129,7 @@ class RetentionConfig:
     keep_finished_days: float = 30.0
     purge_outputs: bool = False
     notice_days: tuple[int, ...] = (5, 1)
-    keep_history_days: float = 90.0  # the per-cycle usage history (orchestra/services/history.py); 0 = forever
+    keep_history_days: float = 90.0  # the usage history's 6-hour and daily rollups (services/history.py); 0 = forever
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ and 1,000 users), printed as a Markdown table (docs/web.md quotes it).
 
 The database is built by scripts/bench.py's own builder (`populate_queue`: bulk inserts, one task
 per user, expanded by a real scheduler cycle into a backend that does nothing, so 1,000 jobs run and
-the rest are queued), plus `--history-days` of usage history (one row per minute per user with
-work, for the usage charts). The server runs in a thread of this process (orchestra/web/server.py
+the rest are queued), plus `--history-days` of usage history as a real installation holds it (a
+record every `--history-interval` s, the scheduler's default, with `--history-users` active; raw
+records and rollups as the daily retention leaves them). The usage routes are then timed again with
+every user active in every record (`--no-worst-history` skips it): the most rows a chart reads. The server runs in a thread of this process (orchestra/web/server.py
 `start_in_thread`), as an admin would serve it, with `[web] public = true` so every private part
 (commands, logs) is rendered too: the worst case. Each route gets warm-up requests, then `--repeat`
 sequential requests: median and worst, in milliseconds, with the response size. Live streams
@@ -16,7 +18,8 @@ Every route the application declares is timed: a route whose path parameter this
 fill is listed as not timed (so a new page cannot silently escape the bench).
 
 Usage: python scripts/bench_web.py [--db sqlite|postgresql] [--postgres-url URL] [--jobs N] [--users M]
-       [--repeat 20] [--history-days 7] [--profile ROUTE]
+       [--repeat 20] [--history-days 30] [--history-interval 300] [--history-users 100]
+       [--no-worst-history] [--profile ROUTE]
 """
 from __future__ import annotations
 
@@ -38,16 +41,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import httpx  # noqa: E402
-from sqlalchemy import func, insert, select  # noqa: E402
+from sqlalchemy import delete, func, insert, select  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from orchestra.config import WebConfig  # noqa: E402
-from orchestra.db.models import Job, Task, UsageHistory, User  # noqa: E402
+from orchestra.db.models import Job, Task, UsageHistory, UsageRollup, User  # noqa: E402
+from orchestra.services import history  # noqa: E402
 from orchestra.services.context import Context  # noqa: E402
 
 import bench  # noqa: E402  (scripts/bench.py: the database builder)
 
 GOAL_MS = 200.0
+DAY = 86400.0
+WINDOWS = (6, 24, 168, 720)  # the Usage page's windows (orchestra/web/usage_pages.py)
 WARMUP = 2
 
 
@@ -64,34 +70,62 @@ class Sample:
     task_jobs: int
 
 
-def add_history(ctx: Context, days: float, users: int) -> int:
-    """`days` of usage history at one record a minute: a totals row and one row per user with work
-    (the first `users` users), as the scheduler's recorder writes them (services/history.py)."""
-    if days <= 0:
-        return 0
+def history_times(days: float, interval: float, now: float) -> list[float]:
+    """A record every `interval` seconds over the last `days`, as the scheduler writes them."""
+    return [now - k * interval for k in range(int(days * DAY / interval), 0, -1)]
+
+
+def worst_times(days: float, now: float) -> list[float]:
+    """Just enough records that every bucket of every rollup level holds one over the span that
+    level is kept (and the longest window): the most rollup rows a chart can read, for a fraction
+    of the records a dense month would take to build."""
+    times: set[float] = set()
+    for level, keep in history.LEVELS:
+        span = min(days * DAY, keep if keep is not None else days * DAY)
+        times |= {now - k * level - 1.0 for k in range(int(span / level))}
+    return sorted(times)
+
+
+def add_history(ctx: Context, times: list[float], users: int, now: float, keep_days: float = 90.0) -> tuple[int, int]:
+    """The usage history the scheduler's recorder (services/history.py) and the daily retention
+    leave after records at `times` with the first `users` users active at each: raw records for
+    the last two days, rollups of each level over its horizon. Built a day at a time (days are
+    whole buckets of every level) in bulk inserts. Returns (raw rows, rollup rows)."""
+    if not times:
+        return 0, 0
     with ctx.transaction() as session:
         ids = list(session.scalars(select(User.id).order_by(User.id).limit(users)))
-    now = time.time()
-    minutes = int(days * 24 * 60)
-    written = 0
-    batch: list[dict] = []
-    for m in range(minutes):
-        at = now - (minutes - m) * 60.0
-        batch.append({"at": at, "user_id": None, "running": float(len(ids)), "queued": 1000 * len(ids),
-                      "started": len(ids), "wait_seconds_sum": 60.0 * len(ids), "max_wait_seconds": 120.0})
-        for i, uid in enumerate(ids):
-            batch.append({"at": at, "user_id": uid, "running": 1.0 + (m + i) % 3, "queued": 1000, "started": 1,
-                          "wait_seconds_sum": 30.0 + i % 60, "max_wait_seconds": 30.0 + i % 60})
-        if len(batch) >= 50_000:
-            with ctx.transaction() as session:
-                session.execute(insert(UsageHistory), batch)
-            written += len(batch)
-            batch = []
-    if batch:
+    raw_keep, levels = history.horizons(keep_days)
+    written = [0, 0]
+    day: list[dict] = []
+
+    def flush() -> None:
+        raw = [r for r in day if r["at"] >= now - raw_keep]
+        cells = [c for c in history.cells(day) if c["bucket_at"] >= now - levels[c["level_seconds"]] - c["level_seconds"]]
         with ctx.transaction() as session:
-            session.execute(insert(UsageHistory), batch)
-        written += len(batch)
-    return written
+            for model, part in ((UsageHistory, raw), (UsageRollup, cells)):
+                for k in range(0, len(part), 50_000):
+                    session.execute(insert(model), part[k:k + 50_000])
+        written[0] += len(raw)
+        written[1] += len(cells)
+        day.clear()
+
+    for m, at in enumerate(times):
+        if day and at // DAY != day[-1]["at"] // DAY:
+            flush()
+        day.append({"at": at, "user_id": None, "running": float(len(ids)), "queued": 1000 * len(ids),
+                    "started": len(ids), "wait_seconds_sum": 60.0 * len(ids), "max_wait_seconds": 120.0})
+        for i, uid in enumerate(ids):
+            day.append({"at": at, "user_id": uid, "running": 1.0 + (m + i) % 3, "queued": 1000, "started": 1,
+                        "wait_seconds_sum": 30.0 + i % 60, "max_wait_seconds": 30.0 + i % 60})
+    flush()
+    return written[0], written[1]
+
+
+def clear_history(ctx: Context) -> None:
+    with ctx.transaction() as session:
+        session.execute(delete(UsageRollup))
+        session.execute(delete(UsageHistory))
 
 
 def sample(ctx: Context) -> Sample:
@@ -125,8 +159,9 @@ def paths(routes: list, s: Sample) -> tuple[list[str], list[str]]:
         f"/tasks?user={s.user}", f"/tasks?page={last_page}", "/tasks?state=running", "/api/tasks?state=running",
         f"/tasks/{s.task_name}?state=queued", f"/tasks/{s.task_name}?page={last_jobs}",
         f"/api/tasks/{s.task_name}/jobs?page={last_jobs}", f"/jobs/{s.queued_job}", f"/api/jobs/{s.queued_job}",
-        "/usage?hours=168", "/api/usage/history?hours=168", f"/api/usage?user={s.user}",
+        f"/api/usage?user={s.user}",
     ]
+    timed += [f"{base}?hours={h}" for h in WINDOWS if h != 24 for base in ("/usage", "/api/usage/history")]
     return timed, untimed
 
 
@@ -217,8 +252,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000, help="jobs in all (queued but 1,000 running)")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=20, help="timed requests per route")
-    parser.add_argument("--history-days", type=float, default=7.0, help="days of usage history, a record a minute")
+    parser.add_argument("--history-days", type=float, default=30.0, help="days of usage history")
+    parser.add_argument("--history-interval", type=float, default=300.0,
+                        help="seconds between history records (the scheduler's default interval)")
     parser.add_argument("--history-users", type=int, default=100, help="users with work in each history record")
+    parser.add_argument("--no-worst-history", dest="worst_history", action="store_false",
+                        help="skip the usage routes' second run with every user active in every record")
     parser.add_argument("--profile", metavar="ROUTE", action="append", default=[],
                         help="also print a cProfile of ROUTE (e.g. /queue); may repeat")
     args = parser.parse_args()
@@ -231,7 +270,9 @@ def main() -> None:
         started = time.perf_counter()
         url = bench.populate_queue(work, dbs, args.db, args.jobs, args.users)
         base = bench.context(work, url)
-        history = add_history(base, args.history_days, min(args.history_users, args.users))
+        now = time.time()
+        raw, rolled = add_history(base, history_times(args.history_days, args.history_interval, now),
+                                  min(args.history_users, args.users), now)
         built = time.perf_counter() - started
         settings = dataclasses.replace(base.settings, web=WebConfig(public=True))
         ctx = dataclasses.replace(base, settings=settings)
@@ -242,11 +283,22 @@ def main() -> None:
         todo, untimed = paths(routes(), s)
         server = start_in_thread(ctx)
         print(f"Dashboard speed, {args.db}: {args.jobs:,} jobs ({args.jobs - min(args.jobs, 1000):,} queued) across "
-              f"{args.users:,} users, {history:,} usage-history rows; built in {built:.0f} s. Median and worst of "
+              f"{args.users:,} users; usage history of {args.history_days:g} days, a record every "
+              f"{args.history_interval:g} s with {min(args.history_users, args.users):,} users active, as retention "
+              f"leaves it ({raw:,} raw rows, {rolled:,} rollup rows); built in {built:.0f} s. Median and worst of "
               f"{args.repeat} sequential requests per route after {WARMUP} warm-up ones, server in this process "
               f"(`[web] public = true`: private parts rendered); live streams to their first event.\n", flush=True)
         with httpx.Client(base_url=server.url, timeout=120) as client:
             rows = [time_route(client, path, args.repeat) for path in todo]
+            if args.worst_history:  # the usage routes again, every user active in every record
+                clear_history(ctx)
+                now = time.time()
+                raw, rolled = add_history(ctx, worst_times(args.history_days, now), args.users, now)
+                print(f"worst-case history: {raw:,} raw rows, {rolled:,} rollup rows", file=sys.stderr, flush=True)
+                for h in WINDOWS:
+                    for path in (f"/usage?hours={h}", f"/api/usage/history?hours={h}"):
+                        row = time_route(client, path, args.repeat)
+                        rows.append({**row, "path": f"{path} (all {args.users:,} users active)"})
         print(table(rows, untimed), flush=True)
         for path in args.profile:
             print(f"\n### profile of {path}\n```\n{profile(ctx, path)}```")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -317,7 +318,8 @@ class UsageHistory(Base):
     Compact by construction: one row per user with something running, queued or started at that
     cycle, never one per job, plus one row with `user_id` NULL holding the totals of all users,
     written at every record even when idle (so a chart knows how many records a period holds).
-    Written and pruned (`[retention] keep_history_days`) by the scheduler only; everyone reads it.
+    Written by the scheduler only, which adds each record to `usage_rollup` (what the charts read)
+    and prunes the raw records after two days; everyone reads it.
     """
 
     __tablename__ = "usage_history"
@@ -331,3 +333,34 @@ class UsageHistory(Base):
     started: Mapped[int] = mapped_column(Integer)  # jobs the backend accepted since the previous record
     wait_seconds_sum: Mapped[float] = mapped_column(Float)  # their queue waits summed (mean = sum / started)
     max_wait_seconds: Mapped[float] = mapped_column(Float)  # the longest of those waits (0 when none started)
+
+
+class UsageRollup(Base):
+    """The usage history summed per user over fixed time buckets at a few widths (`level_seconds`:
+    5 minutes to 6 hours; migration 0011), kept up to date by the recorder at each record, so a
+    chart of 6 hours or 30 days reads one row per bucket and active user instead of every record
+    (orchestra/services/history.py).
+
+    `user_id` NULL: the totals of all users, whose `samples` is the number of records in the
+    bucket (the divisor of a mean). A bucket starts at a multiple of its level since the epoch.
+    """
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (
+        # The users' rows (and the reads and deletes of a level's time range); NULLs are distinct
+        # here, so the totals rows have a unique index of their own.
+        Index("ix_usage_rollup_level_bucket_user", "level_seconds", "bucket_at", "user_id", unique=True),
+        Index("ix_usage_rollup_totals", "level_seconds", "bucket_at", unique=True,
+              sqlite_where=text("user_id IS NULL"), postgresql_where=text("user_id IS NULL")),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    level_seconds: Mapped[int] = mapped_column(Integer)  # the bucket width
+    bucket_at: Mapped[float] = mapped_column(Float)  # the bucket's start (epoch s, a multiple of the level)
+    user_id: Mapped[int | None] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    samples: Mapped[int] = mapped_column(Integer)  # records summed here
+    running_sum: Mapped[float] = mapped_column(Float)  # running slots summed over them (mean = / the totals' samples)
+    running_max: Mapped[float] = mapped_column(Float)
+    queued_max: Mapped[int] = mapped_column(Integer)
+    started: Mapped[int] = mapped_column(Integer)
+    wait_sum: Mapped[float] = mapped_column(Float)  # queue waits of those started, summed
+    wait_max: Mapped[float] = mapped_column(Float)

@@ -1,10 +1,20 @@
 """The usage history: what each user had running and queued, cycle after cycle, and how long the
-jobs that started waited (table `usage_history`, migration 0011).
+jobs that started waited (tables `usage_history` and `usage_rollup`, migration 0011).
 
 Why a table of its own: the fair-share usage is one decayed number per user and the metrics are
 gauges of now; the dashboard's charts need the past. Written by the scheduler service only
-(`Recorder`, fed by its loop), pruned by the daily retention run (`prune`), read by the Usage page
+(`Recorder`, fed by its loop), pruned by the daily retention run (`tidy`), read by the Usage page
 and `/api/usage/history` (`series`).
+
+Why rollups: a chart of a week is 120 points, but a week of records is 2,000 records times the
+active users (a million rows at a record a minute for 100 users), too many to aggregate at each
+request. So each record is also added, in the same transaction, to one row per user and bucket at
+a few widths (`LEVELS`: 5 minutes to 6 hours; an upsert per row and level, a few hundred rows per
+record at most), and a chart reads the finest width that gives it at most `buckets` points: at
+most ~120 rows per active user, whatever the window or the record interval. The rollups hold sums,
+maxima and sample counts, so the numbers are those the records give (means of the records'
+running slots, exact starts and waits). The raw records are kept two days (to check a rollup
+against, `rebuild`), each width as long as a chart reads it, the coarsest `keep_history_days`.
 
 Compact by construction: a record is one row per user with something running, queued or started
 since the record before, plus one row of totals (`user_id` NULL) written at every record, idle or
@@ -22,14 +32,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Float, case, cast, delete, func, insert, literal, select, text, union_all
+from sqlalchemy import BigInteger, Float, and_, case, cast, delete, func, insert, literal, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from orchestra.db import faults
 from orchestra.db.bulk import one_of
 from orchestra.db.engine import is_sqlite
-from orchestra.db.models import Attempt, Job, Task, UsageHistory, User
+from orchestra.db.models import Attempt, Job, Task, UsageHistory, UsageRollup, User
 from orchestra.states import LIVE_ATTEMPT
 
 if TYPE_CHECKING:
@@ -41,7 +53,15 @@ DAY = 86400.0
 PRUNE_BATCH = 10_000  # rows deleted per transaction by the retention run
 OTHERS = "others"  # the series of every user outside the top N
 LIVE = tuple(s.value for s in LIVE_ATTEMPT)
-WORK_MEM = "64MB"  # PostgreSQL memory for the series query's aggregation (SET LOCAL)
+# The rollup widths (seconds), finest first, and how long each is kept (None: keep_history_days).
+# A chart of `buckets` points reads the finest width with at most that many buckets in its window:
+# 6 hours -> 5 min (72 points), 24 hours -> 15 min (96), 7 days -> 2 h (84), 30 days -> 6 h (120);
+# the per-user totals of a window sum the coarsest buckets that fit in it (`cover`), whole days
+# inside. Each finer width is kept a little longer than the longest window it serves; each is a
+# multiple of the one before.
+LEVELS: tuple[tuple[int, float | None], ...] = (
+    (300, DAY), (900, 2 * DAY), (7200, 10 * DAY), (6 * 3600, None), (86400, None))
+RAW_KEEP = 2 * DAY  # the raw records: for `rebuild` and a look at single cycles, not for charts
 
 Transaction = Callable[[], AbstractContextManager[Session]]
 
@@ -170,80 +190,121 @@ def _write(session: Session, now: float, p: _Pending) -> int:
                      "queued": int(queued.get(user_id) or 0), "started": int(round(started.get(user_id, 0.0))),
                      "wait_seconds_sum": wait_sum.get(user_id, 0.0), "max_wait_seconds": max_wait.get(user_id, 0.0)})
     session.execute(insert(UsageHistory), rows)
+    roll_up(session, rows)
     return len(rows)
 
 
+def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Add the rows of one record (or several) to their buckets at every level: two upserts (the
+    users' rows, the totals rows: each has its own unique index) of one row per level and user."""
+    summed = cells(rows)
+    users = [c for c in summed if c["user_id"] is not None]
+    totals = [c for c in summed if c["user_id"] is None]
+    for part, is_totals in ((users, False), (totals, True)):
+        if part:
+            session.execute(_upsert(session, is_totals), part)
+
+
+def cells(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rollup rows (one per level, bucket and user) that history rows add up to."""
+    summed: dict[tuple[int, float, int | None], dict[str, Any]] = {}
+    for row in rows:
+        for level, _ in LEVELS:
+            key = (level, math.floor(row["at"] / level) * float(level), row["user_id"])
+            cell = summed.get(key)
+            if cell is None:
+                summed[key] = {"level_seconds": level, "bucket_at": key[1], "user_id": row["user_id"], "samples": 1,
+                               "running_sum": row["running"], "running_max": row["running"],
+                               "queued_max": row["queued"], "started": row["started"],
+                               "wait_sum": row["wait_seconds_sum"], "wait_max": row["max_wait_seconds"]}
+            else:  # several records in one call (tests, a bulk load): summed here as the upsert would
+                cell["samples"] += 1
+                cell["running_sum"] += row["running"]
+                cell["running_max"] = max(cell["running_max"], row["running"])
+                cell["queued_max"] = max(cell["queued_max"], row["queued"])
+                cell["started"] += row["started"]
+                cell["wait_sum"] += row["wait_seconds_sum"]
+                cell["wait_max"] = max(cell["wait_max"], row["max_wait_seconds"])
+    return list(summed.values())
+
+
+def _upsert(session: Session, totals: bool) -> Any:
+    """INSERT ... ON CONFLICT DO UPDATE adding a cell to its stored bucket (SQLite >= 3.24 and
+    PostgreSQL both have it; only the statement's class differs)."""
+    ins = (sqlite_insert if is_sqlite(session.get_bind()) else pg_insert)(UsageRollup)
+    old, new = UsageRollup.__table__.c, ins.excluded
+
+    def greater(a: Any, b: Any) -> Any:  # max(a, b) is an aggregate on PostgreSQL, GREATEST absent on SQLite
+        return case((b > a, b), else_=a)
+
+    update = {"samples": old.samples + new.samples, "running_sum": old.running_sum + new.running_sum,
+              "running_max": greater(old.running_max, new.running_max),
+              "queued_max": greater(old.queued_max, new.queued_max), "started": old.started + new.started,
+              "wait_sum": old.wait_sum + new.wait_sum, "wait_max": greater(old.wait_max, new.wait_max)}
+    if totals:
+        return ins.on_conflict_do_update(index_elements=["level_seconds", "bucket_at"],
+                                         index_where=UsageRollup.user_id.is_(None), set_=update)
+    return ins.on_conflict_do_update(index_elements=["level_seconds", "bucket_at", "user_id"], set_=update)
+
+
+def rebuild(session: Session, since: float = 0.0) -> int:
+    """Recompute the rollups of every bucket from `since` (rounded down to each level's bucket)
+    from the raw records: what the recorder's upserts add up to, in one statement per level.
+    For a bulk load (scripts/bench_web.py) and as the reference the tests compare the upserts with;
+    right only while the raw records of those buckets are all still there (`RAW_KEEP`)."""
+    h, r = UsageHistory, UsageRollup
+    written = 0
+    for level, _ in LEVELS:
+        lo = math.floor(since / level) * float(level)
+        session.execute(delete(r).where(r.level_seconds == level, r.bucket_at >= lo))
+        start = (_bucket(session, level, h.at) * level).label("bucket_at")
+        query = (select(literal(level).label("level_seconds"), start, h.user_id, func.count(), func.sum(h.running),
+                        func.max(h.running), func.max(h.queued), func.sum(h.started), func.sum(h.wait_seconds_sum),
+                        func.max(h.max_wait_seconds))
+                 .where(h.at >= lo).group_by(start, h.user_id))
+        written += session.execute(insert(r).from_select(
+            ["level_seconds", "bucket_at", "user_id", "samples", "running_sum", "running_max", "queued_max",
+             "started", "wait_sum", "wait_max"], query)).rowcount or 0
+    return written
+
+
 # ---------------------------------------------------------------------------------------- retention
-def prune(transaction: Transaction, now: float, keep_days: float, batch: int = PRUNE_BATCH) -> int:
-    """Remove the records older than `keep_days` (0: keep forever), `batch` rows per transaction,
-    oldest first (the `at` index finds them); returns how many went."""
-    if keep_days <= 0:
-        return 0
-    cutoff = now - keep_days * DAY
+def _delete_older(transaction: Transaction, table: Any, where: list[Any], at: Any, cutoff: float, batch: int) -> int:
+    """Delete the rows of `table` matching `where` with `at` < cutoff, `batch` per transaction,
+    oldest first (found through the index that starts with those columns)."""
     removed = 0
     while True:
         with transaction() as session:
-            oldest = select(UsageHistory.id).where(UsageHistory.at < cutoff).order_by(UsageHistory.at).limit(batch)
-            n = session.execute(delete(UsageHistory).where(UsageHistory.id.in_(oldest.scalar_subquery()))).rowcount
+            oldest = select(table.id).where(*where, at < cutoff).order_by(at).limit(batch)
+            n = session.execute(delete(table).where(table.id.in_(oldest.scalar_subquery()))).rowcount
         removed += n or 0
         if not n or n < batch:
             return removed
 
 
-# Older records are thinned, so a 7- or 30-day chart reads a bounded number of them: records older
-# than a day keep one per hour, older than a week one per 6 hours (AGE, WIDTH). Each kept record
-# keeps its snapshot (running, queued) and takes over the starts and waits of those it replaces, so
-# started and wait totals stay exact and a mean over records stays a fair estimate.
-THIN = ((DAY, 3600), (7 * DAY, 6 * 3600))  # (older than, one record per this many seconds)
-THIN_LOOKBACK = 3 * DAY  # each daily run thins this far back from its edge (a re-run changes nothing)
+def horizons(keep_days: float) -> tuple[float, dict[int, float]]:
+    """How long (seconds) the raw records and each rollup level are kept with `keep_days`
+    (0: the coarsest level forever, math.inf): what `prune` leaves."""
+    horizon = keep_days * DAY if keep_days > 0 else math.inf
+    return min(RAW_KEEP, horizon), {level: min(horizon, math.inf if keep is None else keep) for level, keep in LEVELS}
 
 
-def _bucket_sql(session: Session, width: int, column: str = "at") -> str:
-    """SQL text of `_bucket` (floor of column / width), for the thinning statement."""
-    return (f"CAST({column} / {float(width)} AS INTEGER)" if is_sqlite(session.get_bind())
-            else f"floor({column} / {float(width)})::bigint")
-
-
-def thin(transaction: Transaction, now: float, older_than: float, width: int, lookback: float = THIN_LOOKBACK) -> int:
-    """Keep one record per `width` seconds among those between `lookback` before the edge and the
-    edge (`now - older_than`, rounded down to a whole `width`): the first record of each span, its
-    rows carrying the span's starts, wait sums and longest wait. Returns the rows removed.
-    Idempotent (a span thinned already has one record); records written meanwhile are newer."""
-    hi = math.floor((now - older_than) / width) * width
-    lo = hi - lookback
-    with transaction() as session:
-        last = session.scalar(select(func.max(UsageHistory.id)).where(UsageHistory.at >= lo, UsageHistory.at < hi))
-        if last is None:
-            return 0
-        b = _bucket_sql(session, width)
-        session.execute(text(f"""
-            INSERT INTO usage_history (at, user_id, running, queued, started, wait_seconds_sum, max_wait_seconds)
-            SELECT k.keep_at, h.user_id,
-                   SUM(CASE WHEN h.at = k.keep_at THEN h.running ELSE 0 END),
-                   SUM(CASE WHEN h.at = k.keep_at THEN h.queued ELSE 0 END),
-                   SUM(h.started), SUM(h.wait_seconds_sum), MAX(h.max_wait_seconds)
-            FROM usage_history h
-            JOIN (SELECT {b} AS b, MIN(at) AS keep_at FROM usage_history
-                  WHERE at >= :lo AND at < :hi AND user_id IS NULL AND id <= :last GROUP BY {b}) k
-              ON {_bucket_sql(session, width, "h.at")} = k.b
-            WHERE h.at >= :lo AND h.at < :hi AND h.id <= :last
-            GROUP BY k.keep_at, h.user_id
-            HAVING h.user_id IS NULL OR SUM(h.started) > 0
-                OR SUM(CASE WHEN h.at = k.keep_at THEN h.running + h.queued ELSE 0 END) > 0"""),
-            {"lo": lo, "hi": hi, "last": last})
-        removed = session.execute(delete(UsageHistory).where(
-            UsageHistory.at >= lo, UsageHistory.at < hi, UsageHistory.id <= last)).rowcount or 0
-        added = session.scalar(select(func.count()).select_from(UsageHistory).where(UsageHistory.id > last,
-                                                                                   UsageHistory.at < hi)) or 0
-    return max(0, removed - added)
+def prune(transaction: Transaction, now: float, keep_days: float, batch: int = PRUNE_BATCH) -> int:
+    """Remove the raw records older than `RAW_KEEP`, the rollup buckets of each level that ended
+    longer ago than that level is kept, and everything older than `keep_days` (0: the coarsest
+    rollups are kept forever), `batch` rows per transaction; returns how many rows went."""
+    raw, levels = horizons(keep_days)
+    removed = _delete_older(transaction, UsageHistory, [], UsageHistory.at, now - raw, batch)
+    for level, kept in levels.items():
+        if kept < math.inf:  # a bucket goes once it ended before the cutoff
+            removed += _delete_older(transaction, UsageRollup, [UsageRollup.level_seconds == level],
+                                     UsageRollup.bucket_at, now - kept - level, batch)
+    return removed
 
 
 def tidy(transaction: Transaction, now: float, keep_days: float) -> int:
-    """The daily retention run's part: prune what is older than `keep_days`, thin the rest."""
-    removed = prune(transaction, now, keep_days)
-    for older_than, width in THIN:
-        thin(transaction, now, older_than, width)
-    return removed
+    """The daily retention run's part (orchestra/services/retention.py): `prune`."""
+    return prune(transaction, now, keep_days)
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -273,7 +334,7 @@ class UserTotal:
 
 @dataclass
 class Series:
-    since_at: float
+    since_at: float  # the start of the first bucket (the window's start rounded down to a bucket)
     until_at: float
     bucket_seconds: int
     users: list[str]  # the top users by usage in the window, then "others" when there are more
@@ -282,96 +343,127 @@ class Series:
     records: int  # records (cycles) in the window: 0 = no data yet
 
 
-def bucket_width(since: float, until: float, buckets: int) -> int:
-    """Whole seconds per bucket: about `buckets` of them between since and until."""
-    return max(1, math.ceil((until - since) / max(1, buckets)))
+def level_for(since: float, until: float, buckets: int) -> int:
+    """The rollup width a window of [since, until) reads: the finest with at most `buckets`
+    buckets in it (the coarsest for longer windows). It is also the chart's bucket width."""
+    for level, _ in LEVELS:
+        if (until - since) / level <= buckets:
+            return level
+    return LEVELS[-1][0]
 
 
-def _bucket(session: Session, width: int) -> Any:
-    """SQL: the bucket number of a record (buckets aligned on multiples of `width` since the epoch,
+def _bucket(session: Session, width: int, at: Any = UsageHistory.at) -> Any:
+    """SQL: the bucket number of a time (buckets aligned on multiples of `width` since the epoch,
     so a page reloaded a minute later draws the same bars). PostgreSQL's CAST rounds; floor it."""
-    ratio = UsageHistory.at / literal(float(width), Float)
+    ratio = at / literal(float(width), Float)
     if is_sqlite(session.get_bind()):
         return cast(ratio, BigInteger)  # SQLite's CAST truncates: floor for positive times
     return cast(func.floor(ratio), BigInteger)
 
 
-def series(session: Session, since: float, until: float, buckets: int = 120, top: int = 8) -> Series:
-    """Per bucket, the running slots of the `top` users by usage in [since, until) and of the
-    others, and the mean queue wait; per user, totals over the window.
+def cover(lo: float, hi: float, width: int) -> list[tuple[int, float, float]]:
+    """The fewest rollup buckets that tile [lo, hi) (lo a multiple of `width`; hi rounded up to
+    one): (level, from, to) ranges, `width` buckets at the ends up to a whole coarser bucket, then
+    coarser ones inwards. A month's per-user totals read ~40 rows per user instead of 120."""
+    chain = [level for level, _ in LEVELS if level >= width]  # each a multiple of the one before
+    a, b = lo, math.ceil(hi / width) * float(width)
+    ranges = []
+    for level, coarser in zip(chain, chain[1:]):
+        a2, b2 = math.ceil(a / coarser) * float(coarser), math.floor(b / coarser) * float(coarser)
+        if a2 >= b2:
+            break
+        ranges += [(level, x, y) for x, y in ((a, a2), (b2, b)) if x < y]
+        a, b, width = a2, b2, coarser
+    return ranges + [(width, a, b)]
 
-    One statement: the window's rows (found through the `at` index) are grouped once by (bucket,
-    user); the top users, the series (bucket, top user or others) and the per-user totals are
-    aggregations of that small intermediate result. Its cost grows with the records in the window
-    times the users active in them, not with jobs.
+
+def series(session: Session, since: float, until: float, buckets: int = 120, top: int = 8,
+           hold: float = 0.0) -> Series:
+    """Per bucket, the running slots of the `top` users by usage in the window and of the others,
+    and the mean queue wait; per user, totals over the window. The window is [since, until) with
+    since rounded down to a whole bucket of the level read (`level_for`).
+
+    Two statements on the (level, bucket, user) index, neither reading every (bucket, user) cell:
+    the per-user totals (and the top users) sum the fewest buckets that tile the window (`cover`);
+    the chart reads the totals rows and the top users' rows of its level, and "others" is the
+    totals minus the top users (so the stack adds up to the total). The cost grows with the users
+    active in the window (~40 rows each), not with the record interval, the window or the jobs.
+
+    `hold` (the scheduler's interval): a bucket without a record within `hold` seconds of one that
+    has records draws that bucket's slots (records can be further apart than a bucket is wide; a
+    snapshot holds until the next one) instead of a dip to zero; its waits stay empty.
     """
-    width = bucket_width(since, until, buckets)
-    b = _bucket(session, width).label("b")
-    h = UsageHistory
-    per = (select(b, h.user_id.label("u"), func.sum(h.running).label("run"), func.max(h.running).label("peak"),
-                  func.max(h.queued).label("peak_queued"), func.sum(h.started).label("st"),
-                  func.sum(h.wait_seconds_sum).label("w"), func.max(h.max_wait_seconds).label("mx"),
-                  func.count().label("n"))
-           .where(h.at >= since, h.at < until).group_by(b, h.user_id).cte("per"))
-    top_users = (select(per.c.u).where(per.c.u.is_not(None)).group_by(per.c.u)
-                 .order_by(func.sum(per.c.run).desc(), func.sum(per.c.st).desc(), per.c.u).limit(top))
-    group = case((per.c.u.is_(None), None), (per.c.u.in_(top_users.scalar_subquery()), per.c.u), else_=-1)
-    by_bucket = (select(literal("b").label("kind"), per.c.b, group.label("g"), func.sum(per.c.run), func.max(per.c.peak),
-                        func.max(per.c.peak_queued), func.sum(per.c.st), func.sum(per.c.w), func.max(per.c.mx),
-                        func.sum(per.c.n))
-                 .group_by(per.c.b, group))
-    by_user = (select(literal("u").label("kind"), literal(None).label("b"), per.c.u, func.sum(per.c.run),
-                      func.max(per.c.peak), func.max(per.c.peak_queued), func.sum(per.c.st), func.sum(per.c.w),
-                      func.max(per.c.mx), func.sum(per.c.n))
-               .where(per.c.u.is_not(None)).group_by(per.c.u))
-    if not is_sqlite(session.get_bind()):
-        # Room to hash the (bucket, user) groups in memory: PostgreSQL's default 4 MB sorts them on
-        # disk (3x slower at 1,000 users over 30 days). For this transaction only.
-        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
-    rows = session.execute(union_all(by_bucket, by_user)).all()
-    ids = {r[2] for r in rows if r[2] is not None and r[2] != -1}
+    width = level_for(since, until, buckets)
+    lo = math.floor(since / width) * float(width)
+    r = UsageRollup
+    spans = or_(*[and_(r.level_seconds == level, r.bucket_at >= a, r.bucket_at < b)
+                  for level, a, b in cover(lo, until, width)])
+    per_user = session.execute(
+        select(r.user_id, func.sum(r.running_sum), func.max(r.running_max), func.max(r.queued_max),
+               func.sum(r.started), func.sum(r.wait_sum), func.max(r.wait_max), func.sum(r.samples))
+        .where(spans).group_by(r.user_id)).all()
+    # PostgreSQL sums integers as NUMERIC (Decimal): plain numbers from here on.
+    users = [(int(u), float(run or 0), float(peak or 0), int(q or 0), int(st or 0), float(w or 0), float(mx or 0))
+             for u, run, peak, q, st, w, mx, _ in per_user if u is not None]
+    records = sum(int(n or 0) for u, *_, n in per_user if u is None)
+    users.sort(key=lambda t: (-t[1], -t[4], t[0]))
+    shown = [t[0] for t in users[:top]]
+    wanted = r.user_id.is_(None) | r.user_id.in_(shown) if shown else r.user_id.is_(None)
+    cells = session.execute(
+        select(r.bucket_at, r.user_id, r.running_sum, r.started, r.wait_sum, r.samples)
+        .where(r.level_seconds == width, r.bucket_at >= lo, r.bucket_at < until, wanted)).all()
+    ids = {t[0] for t in users}
     names = dict(session.execute(select(User.id, User.name).where(one_of(session, User.id, ids))).all()) if ids else {}
-    return _assemble(rows, names, since, until, width, top)
+    totals = [UserTotal(names.get(u, f"user {u}"), round(run / records, 3) if records else 0.0, peak, q, st,
+                        round(w / st, 1) if st else None, mx if st else None)
+              for u, run, peak, q, st, w, mx in users]
+    label = {u: names.get(u, f"user {u}") for u in shown}
+    has_others = len(users) > top
+    points = _points(cells, label, shown + ([OTHERS_ID] if has_others else []), lo, until, width, hold)
+    return Series(lo, until, width, [label[u] for u in shown] + ([OTHERS] if has_others else []), points,
+                  totals, records)
 
 
-def _assemble(rows: Iterable[Any], names: dict[int, str], since: float, until: float, width: int,
-              top: int) -> Series:
+OTHERS_ID = -1  # the "others" group among user ids
+
+
+def _points(cells: Iterable[Any], label: dict[int, str], groups: list[int], since: float, until: float,
+            width: int, hold: float) -> list[Point]:
+    """The chart's points from the cells (bucket, user or None for the totals, running sum,
+    started, wait sum, samples): means over each bucket's records; the others are the totals
+    minus the shown users."""
+    label = {**label, OTHERS_ID: OTHERS}
     samples: dict[int, int] = {}  # records per bucket (the totals rows)
     overall: dict[int, tuple[int, float]] = {}  # bucket -> (started, wait sum)
-    cells: dict[tuple[int, int], tuple[float, int, float]] = {}  # (bucket, user or -1) -> (run, started, wait)
-    user_rows = []
-    for kind, bucket, g, run, peak, peak_queued, st, w, mx, n in rows:
-        # PostgreSQL sums integers as NUMERIC (Decimal): plain numbers from here on.
-        run, peak, w, mx = (float(v or 0) for v in (run, peak, w, mx))
-        peak_queued, st, n = (int(v or 0) for v in (peak_queued, st, n))
-        if kind == "u":
-            user_rows.append((g, run, peak, peak_queued, st, w, mx))
-        elif g is None:
-            samples[int(bucket)] = n
-            overall[int(bucket)] = (st, w)
+    found: dict[tuple[int, int], tuple[float, int, float]] = {}  # (bucket, user or -1) -> (run, started, wait)
+    for start, u, run, st, w, n in cells:
+        bucket = round(float(start) / width)
+        if u is None:
+            samples[bucket] = int(n)
+            overall[bucket] = (int(st), float(w))
+            found[(bucket, OTHERS_ID)] = (float(run), int(st), float(w))
         else:
-            cells[(int(bucket), int(g))] = (run, st, w)
-    records = sum(samples.values())
-    user_rows.sort(key=lambda r: (-r[1], -r[4], r[0]))
-    shown = [g for g, *_ in user_rows[:top]]
-    label = {g: names.get(g, f"user {g}") for g in shown}
-    has_others = len(user_rows) > top
-    users = [label[g] for g in shown] + ([OTHERS] if has_others else [])
-    groups = shown + ([-1] if has_others else [])
-    label[-1] = OTHERS
+            found[(bucket, int(u))] = (float(run), int(st), float(w))
+    for (bucket, u), (run, st, w) in list(found.items()):  # the others: what the shown users leave of the totals
+        if u != OTHERS_ID:
+            orun, ost, ow = found[(bucket, OTHERS_ID)] if (bucket, OTHERS_ID) in found else (0.0, 0, 0.0)
+            found[(bucket, OTHERS_ID)] = (orun - run, ost - st, ow - w)
     points = []
-    first, last = int(since // width), int(math.ceil(until / width)) - 1
-    for bucket in range(first, last + 1):
+    held: tuple[int, dict[str, float]] | None = None  # the last bucket with records, and its slots
+    for bucket in range(round(since / width), math.ceil(until / width)):
         n = samples.get(bucket, 0)
-        running = {label[g]: round(cells[(bucket, g)][0] / n, 3) if n and (bucket, g) in cells else 0.0
-                   for g in groups}
+        if n:
+            running = {label[g]: max(0.0, round(found[(bucket, g)][0] / n, 3)) if (bucket, g) in found else 0.0
+                       for g in groups}
+            held = (bucket, running)
+        elif held is not None and (bucket - held[0]) * width <= hold:
+            running = dict(held[1])
+        else:
+            running = {label[g]: 0.0 for g in groups}
         st, w = overall.get(bucket, (0, 0.0))
         user_wait = {}
         for g in groups:
-            _, ust, uw = cells.get((bucket, g), (0.0, 0, 0.0))
-            user_wait[label[g]] = round(uw / ust, 1) if ust else None
+            _, ust, uw = found.get((bucket, g), (0.0, 0, 0.0))
+            user_wait[label[g]] = round(max(0.0, uw) / ust, 1) if ust > 0 else None
         points.append(Point(float(bucket * width), running, round(w / st, 1) if st else None, user_wait))
-    totals = [UserTotal(names.get(g, f"user {g}"), round(run / records, 3) if records else 0.0, peak, peak_queued,
-                        st, round(w / st, 1) if st else None, mx if st else None)
-              for g, run, peak, peak_queued, st, w, mx in user_rows]
-    return Series(since, until, width, users, points, totals, records)
+    return points

@@ -334,7 +334,8 @@ def daily(ctx: Context, transaction: Transaction, clock: Callable[[], float] = t
     later, or at the next call when this one stopped at its limit; it is set to an hour from now
     before the work, so a crash in the middle does not make every restart start over at once.
 
-    The usage history's old rows go in the same run, and older records are thinned (`history.tidy`). With finished
+    The usage history is tidied in the same run (`history.tidy`: raw records after two days, each
+    rollup level after its own age, the 6-hour and daily ones after keep_history_days). With finished
     tasks kept forever there is no due row (the service writes nothing it need not): the history is
     pruned at every call then, a range delete on its `at` index that finds nothing most times."""
     cfg = ctx.settings.retention

@@ -7,8 +7,9 @@ stacked; mean queue wait, overall and per user) and a table of per-user totals, 
 same numbers as JSON (docs/json.md, `GET /api/usage/history`). Nothing here is private: usage is
 everyone's to see, as `maestro usage` shows it.
 
-Cost: one aggregate query over the window's history rows (the `at` index), independent of the
-number of jobs; see services/history.py.
+Cost: one aggregate query over the window's rollup rows (at most `BUCKETS` per active user, at
+the width the window reads: 5 min for 6 hours ... 6 h for 30 days), independent of the number of
+jobs and of the record interval; see services/history.py.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from orchestra.web.render import page
 
 WINDOWS = {6: "6 hours", 24: "24 hours", 168: "7 days", 720: "30 days"}  # ?hours= -> its label
 DEFAULT_HOURS = 24
-BUCKETS = 120  # points per chart
+BUCKETS = 120  # points per chart at most (6 h: 72 of 5 min, 24 h: 96 of 15 min, 7 d: 84 of 2 h, 30 d: 120 of 6 h)
 TOP = 8  # users drawn on their own; the rest are "others"
 
 
@@ -46,10 +47,13 @@ def hours_param(request: Request) -> int:
 
 
 def window(request: Request, hours: int, now: float | None = None) -> Series:
-    """The usage series of the last `hours` (what the page draws and the API returns)."""
+    """The usage series of the last `hours` (what the page draws and the API returns); a bucket
+    narrower than the scheduler's interval between records holds the slots of the one before."""
     until = time.time() if now is None else now
-    with context_of(request).transaction() as session:
-        return series(session, until - hours * 3600.0, until, buckets=BUCKETS, top=TOP)
+    ctx = context_of(request)
+    with ctx.transaction() as session:
+        return series(session, until - hours * 3600.0, until, buckets=BUCKETS, top=TOP,
+                      hold=ctx.settings.scheduler.interval)
 
 
 def document(s: Series) -> dict[str, Any]:

@@ -3,13 +3,17 @@ read-only group role the dashboard connects through.
 
 - `usage_history`: at each full cycle the scheduler writes one row per user with something running,
   queued or started since the record before, and one row of totals (`user_id` NULL); the daily
-  retention run removes rows older than `[retention] keep_history_days` (orchestra/services/history.py).
+  retention run removes them after two days (orchestra/services/history.py).
+- `usage_rollup`: the same summed per user over buckets of 5 minutes, 15 minutes, 2 hours and 6
+  hours, updated by the recorder at each record (an upsert per row), so the dashboard's charts read
+  one row per bucket and active user; each width is kept as long as a chart reads it, the coarsest
+  `[retention] keep_history_days`.
 On PostgreSQL:
-- `orchestra_scheduler` inserts and deletes history rows; `orchestra_users` read them (as they read
+- `orchestra_scheduler` inserts and deletes history rows (and updates rollups); `orchestra_users` read them (as they read
   the queue: no row-level security, like `queue_holds`);
 - `orchestra_readers` (NOLOGIN group, created if missing, dropped on downgrade only if this
   migration created it): USAGE on the schema and SELECT on exactly the tables `orchestra_users` may
-  SELECT, plus `usage_history`; no write privilege and no EXECUTE on the owner's functions. The
+  SELECT, plus `usage_history` and `usage_rollup`; no write privilege and no EXECUTE on the owner's functions. The
   dashboard's login role is a member: `CREATE ROLE orchestra_web LOGIN ...; GRANT orchestra_readers
   TO orchestra_web`. Row-level security still applies to it: policies written `TO orchestra_users`
   (a user's own audit entries, their own outbox) give it no rows there. A later migration that adds
@@ -66,6 +70,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_history")),
     )
     op.create_index("ix_usage_history_at", "usage_history", ["at"])
+    op.create_table(
+        "usage_rollup",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("level_seconds", sa.Integer(), nullable=False),
+        sa.Column("bucket_at", sa.Float(), nullable=False),
+        sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("samples", sa.Integer(), nullable=False),
+        sa.Column("running_sum", sa.Float(), nullable=False),
+        sa.Column("running_max", sa.Float(), nullable=False),
+        sa.Column("queued_max", sa.Integer(), nullable=False),
+        sa.Column("started", sa.Integer(), nullable=False),
+        sa.Column("wait_sum", sa.Float(), nullable=False),
+        sa.Column("wait_max", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_usage_rollup_user_id_users"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_rollup")),
+    )
+    op.create_index("ix_usage_rollup_level_bucket_user", "usage_rollup", ["level_seconds", "bucket_at", "user_id"],
+                    unique=True)
+    op.create_index("ix_usage_rollup_totals", "usage_rollup", ["level_seconds", "bucket_at"], unique=True,
+                    sqlite_where=sa.text("user_id IS NULL"), postgresql_where=sa.text("user_id IS NULL"))
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         return
@@ -73,6 +98,9 @@ def upgrade() -> None:
     op.execute("GRANT SELECT ON usage_history TO orchestra_users")
     op.execute("GRANT SELECT, INSERT, DELETE ON usage_history TO orchestra_scheduler")
     op.execute("GRANT USAGE, SELECT ON SEQUENCE usage_history_id_seq TO orchestra_scheduler")
+    op.execute("GRANT SELECT ON usage_rollup TO orchestra_users")
+    op.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON usage_rollup TO orchestra_scheduler")
+    op.execute("GRANT USAGE, SELECT ON SEQUENCE usage_rollup_id_seq TO orchestra_scheduler")
     op.execute("SELECT pg_advisory_xact_lock(727274)")  # roles are global: one creator at a time
     op.execute(CREATE_READERS)
     op.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {READERS}')
@@ -95,5 +123,8 @@ def downgrade() -> None:
                  "r": READERS}).scalar()
             if mine:
                 op.execute(f"DROP ROLE {READERS}")
+    op.drop_index("ix_usage_rollup_totals", table_name="usage_rollup")
+    op.drop_index("ix_usage_rollup_level_bucket_user", table_name="usage_rollup")
+    op.drop_table("usage_rollup")
     op.drop_index("ix_usage_history_at", table_name="usage_history")
     op.drop_table("usage_history")
