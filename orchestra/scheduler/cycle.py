@@ -18,17 +18,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
-from orchestra.db.bulk import bulk_insert, bulk_update, one_of
+from orchestra.db.bulk import bulk_insert, bulk_update, one_of, one_of_param
+from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Installation, Job, Outbox, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.notify import outbox
@@ -55,6 +56,50 @@ LOST_LIMIT = 5  # a job lost this many times (not its fault, but suspicious) fai
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 ATTEMPT_COLUMNS = ("job_id", "number", "backend_name", "cluster", "status", "log_path", "weight", "created_at")
 DEADLINE_SLACK = 0.05  # seconds past a max-time end before the short pass that enforces it
+
+# Statements and conditions built once (issue 18: a short pass runs ~15 statements, and building,
+# keying and going through the ORM cost more than SQLite takes to run them). Dialect-dependent
+# ones (a list of ids bound at execution) are built per scheduler, see `_Statements`.
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+_ATTEMPT_STARTING = ATTEMPTS.c.status == AttemptStatus.STARTING.value
+_JOB_STARTING = JOBS.c.status == JobStatus.STARTING.value
+_LIVE_ATTEMPTS = (
+    select(
+        ATTEMPTS.c.id, ATTEMPTS.c.job_id, JOBS.c.task_id, TASKS.c.owner_id, ATTEMPTS.c.backend_name, ATTEMPTS.c.status,
+        ATTEMPTS.c.pid, ATTEMPTS.c.pid_start, ATTEMPTS.c.log_path, ATTEMPTS.c.started_at, ATTEMPTS.c.cluster,
+        TASKS.c.queue, JOBS.c.is_scout, JOBS.c.attempts, JOBS.c.failures, TASKS.c.max_time, TASKS.c.max_retries,
+        TASKS.c.status, TASKS.c.request, ATTEMPTS.c.weight, ATTEMPTS.c.charged_until, ATTEMPTS.c.reason,
+        ATTEMPTS.c.stopping,
+    )
+    .join(JOBS, JOBS.c.id == ATTEMPTS.c.job_id)
+    .join(TASKS, TASKS.c.id == JOBS.c.task_id)
+    .where(ATTEMPTS.c.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
+)
+_SCOUTING_COND = (TASKS.c.status == TaskStatus.SCOUTING.value) & TASKS.c.request.is_(None)
+_BROKEN_COND = (TASKS.c.status == TaskStatus.BROKEN.value) & (TASKS.c.n_queued > 0)
+_DRAINED_COND = (TASKS.c.status == TaskStatus.RUNNING.value) & (TASKS.c.n_queued == 0) & TASKS.c.request.is_(None)
+# The task step's three reads in one statement (each a few rows): what `_advance` looks at.
+_TASKS_TO_ADVANCE = select(TASKS.c.id, TASKS.c.status, TASKS.c.n_scouts, TASKS.c.reason).where(
+    _SCOUTING_COND | _BROKEN_COND | _DRAINED_COND).order_by(TASKS.c.id)
+_BROKEN_WITH_QUEUED = select(TASKS.c.id, TASKS.c.reason).where(_BROKEN_COND).order_by(TASKS.c.id)
+_RUNNING_DRAINED = select(TASKS.c.id).where(_DRAINED_COND).order_by(TASKS.c.id)
+
+
+class _Statements:
+    """The per-pass statements that bind a list of ids, built once per scheduler for its dialect."""
+
+    def __init__(self, sqlite: bool) -> None:
+        self.task_info = (
+            select(TASKS.c.id, TASKS.c.name, TASKS.c.cluster, TASKS.c.queue, TASKS.c.image, TASKS.c.max_time,
+                   USERS.c.name.label("user")).join(USERS, USERS.c.id == TASKS.c.owner_id)
+            .where(one_of_param(TASKS.c.id, "ids", sqlite)))
+        self.start_jobs = (
+            update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), JOBS.c.status == JobStatus.QUEUED.value)
+            .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
+            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at))
+        charged = one_of_param(USERS.c.id, "ids", sqlite)
+        self.charged_users = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(charged)
+        self.users_to_decay = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where((USERS.c.usage > 0) | charged)
 
 
 def backend_name(task_id: int, job_index: int, attempt: int, installation: str = "") -> str:
@@ -99,9 +144,11 @@ class CycleReport:
             self.steps[name] = time.perf_counter() - started
 
 
-@dataclass(frozen=True)
-class LiveAttempt:
-    """An attempt the database believes is out there, with what deciding its fate needs."""
+class LiveAttempt(NamedTuple):
+    """An attempt the database believes is out there, with what deciding its fate needs.
+
+    A named tuple, not a frozen dataclass: a short pass builds one per live attempt (64 at 64
+    slots), and a frozen dataclass's __init__ costs ~5x more (issue 18)."""
 
     id: int
     job_id: int
@@ -170,7 +217,10 @@ class Scheduler:
         # The queues held because their cluster could not start a job (scheduler/holds.py): read
         # from the database at every fill step, kept up to date by the launches' acknowledgements.
         self.holds: dict[holds.Key, holds.HoldState] = {}
+        self._holds_known = False  # `holds` was read from the database (by a full cycle's fill)
         self._kills_seen_until: float | None = None  # `_mail_direct_kills` looked at kills up to here
+        self._sqlite = is_sqlite(ctx.engine)
+        self._sql = _Statements(self._sqlite)
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -220,6 +270,13 @@ class Scheduler:
         are the cycle's own, so it is exactly as crash-safe; each is bounded by live attempts,
         active tasks and free slots, never by the number of queued jobs.
         """
+        try:
+            return self._cycle(full)
+        except BaseException:
+            self._holds_known = False  # a write may or may not have happened: the next fill reads them
+            raise
+
+    def _cycle(self, full: bool) -> CycleReport:
         started = time.perf_counter()
         report = CycleReport(full=full)
         crashpoints.current_pass = "full" if full else "short"
@@ -259,7 +316,7 @@ class Scheduler:
             self._record_observed(session, seen, report, False)
             self._advance(session, report)
             now = self.clock()
-            plan = self._plan(session, now)
+            plan = self._plan(session, now, seen)
             specs = self._dispatch(session, plan, now, report) if plan else []
         self._release_ended(seen, report)
         if specs:
@@ -284,20 +341,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ 1. reconcile
     def live_attempts(self, session: Session, task_ids: Sequence[int] | None = None) -> list[LiveAttempt]:
-        query = (
-            select(
-                Attempt.id, Attempt.job_id, Job.task_id, Task.owner_id, Attempt.backend_name, Attempt.status,
-                Attempt.pid, Attempt.pid_start, Attempt.log_path, Attempt.started_at, Attempt.cluster, Task.queue,
-                Job.is_scout, Job.attempts, Job.failures, Task.max_time, Task.max_retries, Task.status,
-                Task.request, Attempt.weight, Attempt.charged_until, Attempt.reason, Attempt.stopping,
-            )
-            .join(Job, Job.id == Attempt.job_id)
-            .join(Task, Task.id == Job.task_id)
-            .where(Attempt.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
-        )
+        query = _LIVE_ATTEMPTS
         if task_ids is not None:
-            query = query.where(one_of(session, Job.task_id, task_ids))
-        return [LiveAttempt(*row) for row in session.execute(query)]
+            query = query.where(one_of(session, JOBS.c.task_id, task_ids))
+        return [LiveAttempt(*row) for row in session.connection().execute(query)]
 
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
         """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
@@ -308,8 +355,14 @@ class Scheduler:
 
     def _observe(self, report: CycleReport) -> _Observed:
         """Ask the backends about every live attempt; mark and signal the timed out (their
-        `stopping` committed before the signal). Nothing it learns is written yet."""
-        with self.tx() as session:
+        `stopping` committed before the signal). Nothing it learns is written yet.
+
+        The read is not fenced (issue 18): it writes nothing, so it needs no lease renewal, whose
+        UPDATE made it a writing transaction (a commit with an fsync on PostgreSQL, every pass).
+        What it learns is written only in fenced transactions, which a scheduler that lost its
+        lease cannot commit; the signals it may send meanwhile (to attempts already marked
+        `stopping`) are the ones any holder sends again."""
+        with Session(self.ctx.engine) as session, session.begin():
             live = self.live_attempts(session)
         now = self.clock()
         by_cluster: dict[str, list[LiveAttempt]] = defaultdict(list)
@@ -486,9 +539,8 @@ class Scheduler:
         bulk_update(session, ATTEMPTS, marks)
         if not everyone and not charges:
             return  # a short pass in which nothing ended: nothing to write
-        which = one_of(session, USERS.c.id, charges)
-        users = session.execute(select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(
-            ((USERS.c.usage > 0) | which) if everyone else which)).all()
+        users = session.connection().execute(self._sql.users_to_decay if everyone else self._sql.charged_users,
+                                             {"ids": list(charges)}).all()
         if not users:
             return
         ids = np.array([u[0] for u in users])
@@ -587,10 +639,13 @@ class Scheduler:
     def _advance(self, session: Session, report: CycleReport) -> None:
         threshold = self.settings.scheduler.scout_success_threshold
         now = self.clock()
-        scouting = session.execute(
-            select(Task.id, Task.n_scouts).where(Task.status == TaskStatus.SCOUTING.value, Task.request.is_(None))
-        ).all()
-        progress = scout_progress(session, [t.id for t in scouting])
+        connection = session.connection()
+        # One read for the three steps below (issue 18: this runs at every short pass); a scouting
+        # verdict changes what the later steps must see, so then they read again.
+        tasks = connection.execute(_TASKS_TO_ADVANCE).all()
+        scouting = [(t.id, t.n_scouts) for t in tasks if t.status == TaskStatus.SCOUTING.value]
+        progress = scout_progress(session, [task_id for task_id, _ in scouting])
+        moved = False
         for task_id, n_scouts in scouting:
             succeeded, failed = progress[task_id]
             verdict = scout_verdict(succeeded, failed, n_scouts, threshold)
@@ -603,29 +658,28 @@ class Scheduler:
                     status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
                     n_queued=TASKS.c.n_queued + released))
                 report.counts["tasks released"] += 1
+                moved = True
             elif verdict == TaskStatus.BROKEN:
                 session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
                     status=TaskStatus.BROKEN.value, reason=self._broken_reason(session, task_id),
                     updated_at=now, finished_at=now))
                 report.counts["tasks broken"] += 1
+                moved = True
                 outbox.task_ended(session, self.settings, task_id, "broken", now)  # its scouts failed
         # A broken task runs nothing more: its queued jobs (the scouts not started yet; any job of
         # a task broken at dispatch, see `_trusted_roots`) end KILLED with the reason, and a
         # retry re-queues them. Its held jobs stay held (a retry releases them after its scouts);
         # scouts already running end on their own (`task show` reports them).
-        broken = session.execute(
-            select(Task.id, Task.reason).where(Task.status == TaskStatus.BROKEN.value, Task.n_queued > 0)
-        ).all()
+        broken = (connection.execute(_BROKEN_WITH_QUEUED).all() if moved
+                  else [(t.id, t.reason) for t in tasks if t.status == TaskStatus.BROKEN.value])
         for task_id, why in broken:
             report.counts["jobs cancelled"] += session.execute(
                 update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.QUEUED.value)
                 .values(status=JobStatus.KILLED.value, reason=f"its task is broken: {why}", ended_at=now)
             ).rowcount
             session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0, updated_at=now))
-        running = session.scalars(
-            select(Task.id).where(Task.status == TaskStatus.RUNNING.value, Task.n_queued == 0,
-                                  Task.request.is_(None))
-        ).all()
+        running = (connection.execute(_RUNNING_DRAINED).scalars().all() if moved or broken
+                   else [t.id for t in tasks if t.status == TaskStatus.RUNNING.value])
         pending = (JobStatus.HELD.value, JobStatus.QUEUED.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
         for task_id in running:
             busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, JOBS.c.status.in_(pending))))
@@ -703,14 +757,26 @@ class Scheduler:
             if put_back:
                 backend.release(put_back)  # whatever the refused launch left (e.g. a prepared cgroup)
 
-    def _plan(self, session: Session, now: float) -> list[tuple[int, int]]:
+    def _plan(self, session: Session, now: float, seen: _Observed | None = None) -> list[tuple[int, int]]:
         """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy.
 
         The input comes from `services.queue.policy_input`, the same function behind `maestro queue`
-        and `maestro job why`, so what users are told is what this step decides.
+        and `maestro job why`, so what users are told is what this step decides. A short pass
+        (`seen`: its survey, whose ends are recorded in this transaction) hands it the running
+        counts and the holds it already knows instead of having them read again (issue 18): the
+        live attempts are the surveyed ones minus the ended (only the scheduler creates or ends
+        attempts), and the holds are the ones this scheduler keeps (their only writer), once a
+        full cycle has read them.
         """
-        view = policy_input(session, self.settings, now)
+        running = held = None
+        if seen is not None and self._holds_known:
+            ended = {e.attempt.id for e in seen.endings}
+            counts = Counter((a.cluster, a.queue, a.owner_id) for a in seen.live if a.id not in ended)
+            running = [(c, q, o, n) for (c, q, o), n in counts.items()]
+            held = self.holds
+        view = policy_input(session, self.settings, now, running=running, held=held)
         self.holds = dict(view.holds)
+        self._holds_known = True
         if not view.tasks or not view.free.any():
             return []
         take = fairshare.allocate(view.inp, self.settings.fairshare, slot_seconds=self.settings.scheduler.interval)
@@ -723,19 +789,14 @@ class Scheduler:
         Each job's output directory and log live under its task's output root recomputed and
         checked here (see `_trusted_roots`), not under paths read from its rows.
         """
-        task_info = {t.id: t for t in session.execute(
-            select(Task.id, Task.name, Task.cluster, Task.queue, Task.image, Task.max_time,
-                   User.name.label("user")).join(User, User.id == Task.owner_id)
-            .where(one_of(session, Task.id, {task_id for task_id, _ in plan})))}
+        connection = session.connection()
+        task_info = {t.id: t for t in connection.execute(self._sql.task_info,
+                                                         {"ids": list({task_id for task_id, _ in plan})})}
         roots = self._trusted_roots(session, task_info.values(), now)
         chosen = queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots])
         if not chosen:
             return []
-        rows = session.execute(
-            update(JOBS).where(one_of(session, JOBS.c.id, chosen), JOBS.c.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
-            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at)
-        ).all()
+        rows = connection.execute(self._sql.start_jobs, {"ids": list(chosen)}).all()
         specs = []
         attempts = []
         for r in rows:
@@ -802,6 +863,14 @@ class Scheduler:
         started = {(s.cluster.name, s.queue.name) for s, _ in ok} & set(self.holds)
         outcome = None
         with self.tx() as session:
+            if ok and not (infra or refused or failing or started) and not self._sqlite:
+                # Only launches that started (issue 18): their record need not wait for the WAL
+                # flush on PostgreSQL (an fsync, ~1 ms here, at every short pass). Nothing waits on
+                # it: if the server itself crashed before flushing it, the attempts would stay
+                # `starting` and the next survey confirms them as after a scheduler crash between a
+                # create and its record; any later synchronous commit (the next pass's records,
+                # before any backend call) flushes it first. SQLite's commits do not fsync anyway.
+                session.execute(_ASYNC_COMMIT)
             if infra:
                 self._put_back(session, infra, report)
             if failing or started:
@@ -810,10 +879,10 @@ class Scheduler:
                 bulk_update(session, ATTEMPTS, [
                     {"backend_name": s.backend_name, "host": l.host, "pid": l.pid, "pid_start": l.pid_start,
                      "started_at": l.started_at or now} for s, l in ok],
-                    key="backend_name", where=[ATTEMPTS.c.status == AttemptStatus.STARTING.value],
+                    key="backend_name", where=[_ATTEMPT_STARTING],
                     fixed={"status": AttemptStatus.RUNNING.value})
                 bulk_update(session, JOBS, [{"id": s.job_id, "started_at": l.started_at or now} for s, l in ok],
-                            where=[JOBS.c.status == JobStatus.STARTING.value], fixed={"status": JobStatus.RUNNING.value})
+                            where=[_JOB_STARTING], fixed={"status": JobStatus.RUNNING.value})
             if refused:
                 live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
                 endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now, final=l.final)
@@ -851,7 +920,7 @@ class Scheduler:
         if killed:
             now = self.clock()
             bulk_update(session, JOBS, [{"id": job_id, "reason": why} for job_id, why in killed.items()],
-                        where=[JOBS.c.status == JobStatus.STARTING.value],
+                        where=[_JOB_STARTING],
                         fixed={"status": JobStatus.KILLED.value, "attempts": JOBS.c.attempts - 1, "ended_at": now})
             report.counts["killed"] += len(killed)
         report.counts["started"] -= len(launches)

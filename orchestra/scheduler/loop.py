@@ -16,12 +16,16 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import func, select as sql_select
 from sqlalchemy.exc import DBAPIError
@@ -36,7 +40,7 @@ from orchestra.scheduler.lease import LeaseLost
 from orchestra.notify.postman import Postman
 from orchestra.services import dependencies, retention
 from orchestra.services.history import Recorder
-from orchestra.services.context import WAKEUP_CHANNEL, Context
+from orchestra.services.context import WAKEUP_CHANNEL, Context, wake_socket_path
 from orchestra.services.status import Heartbeat
 from orchestra.states import FINAL_TASK, LIVE_ATTEMPT, TaskStatus
 
@@ -52,13 +56,33 @@ class LoopOptions:
     max_cycles: int | None = None
 
 
+def _socket_alive(path: Path) -> bool:
+    """Whether a live process is bound to the datagram socket at `path` (connect sends nothing)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(str(path))
+        except PermissionError:  # someone else's: not ours to replace
+            return True
+        except OSError:  # missing, refused (left by a dead scheduler), not a socket, too long...
+            return False
+    return True
+
+
 POKE = b"\xff"  # what `poke` writes to the pipe: not a signal number, which set_wakeup_fd writes
 
 
 class Waker:
-    """Sleeps until the next cycle is due or something happened: a NOTIFY (PostgreSQL), a change of
-    the CLI's counter (SQLite, polled), a SIGCHLD from a local job, a `poke` from a backend's
-    thread, or a stop signal."""
+    """Sleeps until the next cycle is due or something happened: a NOTIFY (PostgreSQL), a byte on
+    its wake socket or else a change of the CLI's counter (SQLite, polled), a SIGCHLD from a local
+    job, a `poke` from a backend's thread, or a stop signal.
+
+    The wake socket (SQLite, the personal mode: one machine): a Unix datagram socket
+    `ORCHESTRA_HOME/scheduler.wake`, mode 0600 from the start (bound inside a fresh 0700
+    directory, then moved into place), to which `Context.wake_scheduler` sends a byte after its
+    commit; a new task starts without waiting for the next counter poll. Best effort on both
+    sides: if it cannot be bound (a path too long for a socket address, a read-only home) or a
+    live scheduler's socket is there already (a second scheduler waiting for the lease), the
+    counter poll alone wakes it, and an unbound waker tries again at each poll."""
 
     def __init__(self, ctx: Context, poll: float) -> None:
         self.ctx = ctx
@@ -72,8 +96,38 @@ class Waker:
         os.set_blocking(self._write, False)
         self._listener = None
         self._counter = self.counter()
+        self._sock: socket.socket | None = None
+        self._sock_id: tuple[int, int] | None = None  # (device, inode) of the socket file bound
+        self._bind_later = False  # another live waker has the socket: try again while waiting
         if not is_sqlite(ctx.engine):
             self._listen()
+        else:
+            self._bind()
+
+    def _bind(self) -> None:
+        """Listen on the wake socket (SQLite), unless a live scheduler does already."""
+        path = wake_socket_path(self.ctx.settings)
+        self._bind_later = _socket_alive(path)
+        if self._bind_later:
+            return
+        private = None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            private = Path(tempfile.mkdtemp(prefix=".wake-", dir=path.parent))  # 0700: nobody else reaches it
+            staged = private / "s"
+            sock.bind(str(staged))
+            os.chmod(staged, 0o600)  # only the owner may send (connect needs write permission)
+            os.replace(staged, path)  # in place with its mode already safe
+            st = os.stat(path)
+            sock.setblocking(False)
+        except OSError as exc:
+            log.debug("no wake socket at %s (%s): polling the change counter", path, exc)
+            sock.close()
+            return
+        finally:
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
+        self._sock, self._sock_id = sock, (st.st_dev, st.st_ino)
 
     def _listen(self) -> None:
         """A connection of its own that LISTENs for the CLIs' NOTIFY (PostgreSQL); None while the
@@ -133,7 +187,11 @@ class Waker:
                 self._listen()  # after an outage: NOTIFYs wake us again once the server is back
                 if self._listener is None:
                     poll = min(poll, 1.0)  # the server is still away: try again soon
+            if self._bind_later and not self._closed:
+                self._bind()  # the scheduler that held it may have stopped
             fds = [self._read] + ([self._listener.driver_connection] if self._listener else [])  # type: ignore[attr-defined]
+            if self._sock is not None:
+                fds.append(self._sock)
             ready, _, _ = select.select(fds, [], [], min(left, poll))
             if self._read in ready:
                 got = b""
@@ -143,6 +201,17 @@ class Waker:
                 except BlockingIOError:
                     pass
                 return "event" if got and not got.strip(POKE) else "signal"
+            if self._sock is not None and self._sock in ready:
+                try:
+                    while self._sock.recv(64):
+                        pass
+                except OSError:  # BlockingIOError: drained
+                    pass
+                try:
+                    self._counter = self.counter()  # what the sender's commit changed: no second wake for it
+                except DBAPIError:
+                    pass
+                return "change"
             if self._listener is not None and ready:
                 conn = self._listener.driver_connection  # type: ignore[attr-defined]
                 try:
@@ -167,6 +236,14 @@ class Waker:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        if self._sock is not None:
+            path = wake_socket_path(self.ctx.settings)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == self._sock_id:  # still ours, not a successor's
+                    os.unlink(path)
+            self._sock.close()
+            self._sock = None
         with self._lock:
             self._closed = True
             os.close(self._read)

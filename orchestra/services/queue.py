@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import func, select, text
@@ -35,7 +35,6 @@ from sqlalchemy.orm import Session
 from orchestra import fairshare
 from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
-from orchestra.db.bulk import one_of
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound
@@ -43,6 +42,7 @@ from orchestra.services import dependencies
 from orchestra.services.context import Context
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, scout_verdict, scouts_needed
 
+TASKS, USERS, JOBS, ATTEMPTS = Task.__table__, User.__table__, Job.__table__, Attempt.__table__
 DISPATCHABLE = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 LIVE = (AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value)
 
@@ -69,6 +69,28 @@ class PolicyView:
     holds: dict[tuple[str, str], Any] = field(default_factory=dict)  # scheduler.holds.HoldState by (cluster, queue)
 
 
+class ActiveTask(NamedTuple):
+    """A task the policy may give slots to (`PolicyView.tasks`)."""
+
+    id: int
+    owner_id: int
+    cluster: str
+    queue: str
+    n_queued: int
+    priority: int
+    created_at: float
+    status: str
+
+
+class _Owner(NamedTuple):
+    id: int
+    name: str
+    share: float
+    max_running: int | None
+    usage: float
+    usage_at: float | None
+
+
 def queue_charge(settings: Settings, cluster: str, queue: str) -> float:
     """Usage charged per second by one job of this queue: cpu * cpu_weight + gpu * gpu_weight."""
     q = settings.clusters[cluster].queues[queue]
@@ -76,7 +98,27 @@ def queue_charge(settings: Settings, cluster: str, queue: str) -> float:
     return q.cpu * fs.cpu_weight + q.gpu * fs.gpu_weight
 
 
-def policy_input(session: Session, settings: Settings, now: float) -> PolicyView:
+# Built once (issue 18): static statements, so a call neither builds nor keys them again.
+# The active tasks with their owners' fair-share columns (one read for both).
+_ACTIVE_TASKS = (
+    select(TASKS.c.id, TASKS.c.owner_id, TASKS.c.cluster, TASKS.c.queue, TASKS.c.n_queued, TASKS.c.priority,
+           TASKS.c.created_at, TASKS.c.status, USERS.c.name, USERS.c.share, USERS.c.max_running, USERS.c.usage,
+           USERS.c.usage_at)
+    .join(USERS, USERS.c.id == TASKS.c.owner_id)
+    .where(TASKS.c.status.in_(DISPATCHABLE), TASKS.c.n_queued > 0, TASKS.c.request.is_(None))
+    .order_by(TASKS.c.id)
+)
+_RUNNING = (
+    select(TASKS.c.cluster, TASKS.c.queue, TASKS.c.owner_id, func.count())
+    .join(JOBS, JOBS.c.task_id == TASKS.c.id).join(ATTEMPTS, ATTEMPTS.c.job_id == JOBS.c.id)
+    .where(ATTEMPTS.c.status.in_(LIVE))
+    .group_by(TASKS.c.cluster, TASKS.c.queue, TASKS.c.owner_id)
+)
+
+
+def policy_input(session: Session, settings: Settings, now: float, *,
+                 running: Sequence[tuple[str, str, int, int]] | None = None,
+                 held: dict[tuple[str, str], Any] | None = None) -> PolicyView:
     """The fair-share policy's input for a cycle at `now`, read from the database.
 
     Tasks: SCOUTING or RUNNING, with queued jobs, no pending kill/delete request, in a configured
@@ -85,23 +127,21 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     Queues: free = slots - live attempts; a held queue (scheduler/holds.py) has none until its
     backoff runs out, then at most one (the probe). Reads the live attempts, the active tasks and
     their owners, and the holds: nothing per queued job.
+
+    The scheduler's short pass (issue 18) passes what it already knows instead of reading it
+    again: `running`, the live attempts as (cluster, queue, owner id, count) rows (what it
+    surveyed, minus what it just recorded as ended), and `held`, the holds it keeps (it is their
+    only writer). Everything else, and every other caller, reads the database: the same
+    function builds the same input either way.
     """
     from orchestra.scheduler import holds as queue_holds
 
-    tasks = session.execute(
-        select(Task.id, Task.owner_id, Task.cluster, Task.queue, Task.n_queued, Task.priority, Task.created_at,
-               Task.status)
-        .where(Task.status.in_(DISPATCHABLE), Task.n_queued > 0, Task.request.is_(None))
-        .order_by(Task.id)
-    ).all()
+    rows = session.execute(_ACTIVE_TASKS).all()
+    tasks = [ActiveTask(*r[:8]) for r in rows]
     queues = [(c.name, q.name) for c in settings.clusters.values() for q in c.queues.values()]
     queue_index = {key: i for i, key in enumerate(queues)}
-    running = session.execute(
-        select(Task.cluster, Task.queue, Task.owner_id, func.count())
-        .join(Job, Job.task_id == Task.id).join(Attempt, Attempt.job_id == Job.id)
-        .where(Attempt.status.in_(LIVE))
-        .group_by(Task.cluster, Task.queue, Task.owner_id)
-    ).all()
+    if running is None:
+        running = session.execute(_RUNNING).all()
     busy = np.zeros(len(queues), dtype=np.int64)
     user_running: Counter[int] = Counter()
     user_charge: dict[int, float] = defaultdict(float)
@@ -112,7 +152,8 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
         user_running[owner] += n
     slots = np.array([settings.clusters[c].queues[q].slots for c, q in queues], dtype=np.int64)
     free = np.maximum(0, slots - busy)
-    held = queue_holds.read(session)
+    if held is None:
+        held = queue_holds.read(session)
     for key, hold in held.items():
         if key in queue_index:
             q = queue_index[key]
@@ -120,9 +161,7 @@ def policy_input(session: Session, settings: Settings, now: float) -> PolicyView
     unconfigured = [t for t in tasks if (t.cluster, t.queue) not in queue_index]
     tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
     owner_ids = sorted({t.owner_id for t in tasks})
-    users = {u.id: u for u in session.execute(
-        select(User.id, User.name, User.share, User.max_running, User.usage, User.usage_at)
-        .where(one_of(session, User.id, owner_ids)))}
+    users = {r.owner_id: _Owner(r.owner_id, *r[8:]) for r in rows}
     user_index = {uid: i for i, uid in enumerate(owner_ids)}
     fs = settings.fairshare
     default_cap = settings.scheduler.max_running_per_user
@@ -174,19 +213,27 @@ class QueueOrder:
         self.keys: dict[int, np.ndarray] = {}  # user -> key before each of its grants
         self.user_tasks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # user -> (its tasks in order, offsets)
         self.n_scout: dict[int, int] = {}  # user -> how many of its grants are scouting (they come first)
-        for u in np.unique(task_user[order]).tolist():
-            mine = order[task_user[order] == u]
-            lefts = queued[mine]
-            starts = np.r_[0, np.cumsum(lefts)[:-1]]
-            self.offset[mine] = starts
-            self.user_tasks[u] = (mine, starts)
-            n = int(min(int(lefts.sum()), int(room[u])))
-            keys = np.full(n, float(step[mine[0]]), dtype=np.float64)
+        # `order` is grouped by user (ascending): each user's segment at once, sums over all
+        # segments in one pass (a scan of every task per user would be users x tasks steps).
+        seg_user = task_user[order]
+        bounds = np.flatnonzero(np.r_[True, seg_user[1:] != seg_user[:-1]]) if order.size else order
+        ends = np.r_[bounds[1:], order.size].astype(np.int64)
+        lefts = queued[order]
+        before = np.cumsum(lefts) - lefts  # queued jobs of the earlier tasks in `order`
+        starts = before - np.repeat(before[bounds], ends - bounds)  # ... of the same user
+        self.offset[order] = starts
+        totals = np.add.reduceat(lefts, bounds) if order.size else lefts
+        scouting = np.add.reduceat(np.where(scout[order], lefts, 0), bounds) if order.size else lefts
+        for u, b, e, total, n_scouting in zip(seg_user[bounds].tolist(), bounds.tolist(), ends.tolist(),
+                                              totals.tolist(), scouting.tolist()):
+            self.user_tasks[u] = (order[b:e], starts[b:e])
+            n = min(total, int(room[u]))
+            keys = np.full(n, float(step[order[b]]), dtype=np.float64)
             if n:
                 keys[0] = float(key[u])
                 keys = np.add.accumulate(keys)
             self.keys[u] = keys
-            self.n_scout[u] = int(min(n, int(lefts[scout[mine]].sum())))
+            self.n_scout[u] = min(n, n_scouting)
         self.n_users = n_users
 
     def first(self, n: int) -> list[tuple[int, int]]:
@@ -226,14 +273,31 @@ class QueueOrder:
         qk = np.array([self.keys[u][m] for u, m in zip(qu.tolist(), qm.tolist())], dtype=np.float64)
         qflag = np.array([m >= self.n_scout[u] for u, m in zip(qu.tolist(), qm.tolist())], dtype=bool)
         before = qm.copy()  # the user's own earlier grants
+        by_user = np.argsort(qu, kind="stable")
+        cuts = np.flatnonzero(np.r_[True, qu[by_user][1:] != qu[by_user][:-1]])
+        # user -> the queries that are its own grants (counted above as qm, not below)
+        own = {int(qu[by_user[b]]): by_user[b:e] for b, e in zip(cuts.tolist(), [*cuts[1:].tolist(), qu.size])}
+        scouting_queries = bool((~qflag).any())  # none: the scouting grants of every user come first
         for v, keys in self.keys.items():
             s = self.n_scout[v]
-            first, second = keys[:s], keys[s:]
-            left0, right0 = np.searchsorted(first, qk, "left"), np.searchsorted(first, qk, "right")
-            left1, right1 = np.searchsorted(second, qk, "left"), np.searchsorted(second, qk, "right")
-            # a tie on (flag, key) goes to the lower user index
-            count = np.where(qflag, s + np.where(v < qu, right1, left1), np.where(v < qu, right0, left0))
-            before += np.where(qu == v, 0, count)
+            lower = v < qu  # a tie on (flag, key) goes to the lower user index
+            if s < keys.size:  # v's unscouted grants come after every scouting query
+                second = keys[s:]
+                count = np.searchsorted(second, qk, "left")
+                count = np.where(lower, np.searchsorted(second, qk, "right"), count) + s
+            else:
+                count = np.full(qk.size, s, dtype=np.int64)
+            if scouting_queries:
+                if s:
+                    first = keys[:s]
+                    count0 = np.where(lower, np.searchsorted(first, qk, "right"), np.searchsorted(first, qk, "left"))
+                else:
+                    count0 = 0
+                count = np.where(qflag, count, count0)
+            mine = own.get(v)
+            if mine is not None:
+                count[mine] = 0
+            before += count
         out[valid] = before + 1
         return out
 

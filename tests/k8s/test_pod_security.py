@@ -207,8 +207,11 @@ def test_job_pods_on_a_host_path_break_only_the_host_path_rules(sim: KubeSim, ba
 
 
 # ------------------------------------------------------------------------------------ the scheduler's pods
-def _template(kind: str) -> Pod:
-    [doc] = [d for path in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+def _template(kind: str, file: str | None = None) -> Pod:
+    """The pod template of the one `kind` in `file` (None: among the scheduler's manifests, which
+    are every file but the dashboard's web.yaml)."""
+    paths = [K8S / file] if file else [p for p in sorted(K8S.glob("*.yaml")) if p.name != "web.yaml"]
+    [doc] = [d for path in paths for d in yaml.safe_load_all(path.read_text(encoding="utf-8"))
              if d and d.get("kind") == kind]
     if kind == "CronJob":
         return doc["spec"]["jobTemplate"]["spec"]["template"]
@@ -219,6 +222,11 @@ def _template(kind: str) -> Pod:
 def test_the_schedulers_pods_meet_restricted(kind: str) -> None:
     template = _template(kind)
     assert len(list(_containers(template["spec"]))) >= 2  # the init containers are checked too
+    assert restricted_violations(template["spec"], template["metadata"].get("annotations")) == []
+
+
+def test_the_dashboards_pods_meet_restricted() -> None:
+    template = _template("Deployment", "web.yaml")
     assert restricted_violations(template["spec"], template["metadata"].get("annotations")) == []
 
 
