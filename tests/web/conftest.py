@@ -4,13 +4,18 @@ from the trusted proxy (127.0.0.1, which may vouch for a user with X-Forwarded-U
 untrusted address (127.0.0.2, whose header must count for nothing)."""
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from orchestra.naming import USER_NAME
 from orchestra.services.context import Context
+from orchestra.web.app import Admins
 from orchestra.web.server import RunningServer, start_in_thread
 from tests.helpers import write_config
 
@@ -53,13 +58,52 @@ def web_env(env: dict[str, str], storage: Path, tmp_path: Path) -> dict[str, str
     return env
 
 
-@pytest.fixture
-def web(web_env: dict[str, str]) -> Iterator[WebClient]:
-    """A running dashboard over the test's database and a client for it."""
+@contextmanager
+def serving() -> Iterator[WebClient]:
+    """A dashboard over the environment's database, in a thread, with a client; stopped after."""
     ctx = Context.from_env()
     server = start_in_thread(ctx)
     client = WebClient(server)
-    yield client
-    client.close()
-    server.stop()
-    ctx.engine.dispose()
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        ctx.engine.dispose()
+
+
+@pytest.fixture
+def web(web_env: dict[str, str]) -> Iterator[WebClient]:
+    """A running dashboard over the test's database and a client for it."""
+    with serving() as client:
+        yield client
+
+
+@pytest.fixture
+def public_web(web_env: dict[str, str], storage: Path) -> Iterator[WebClient]:
+    """A dashboard with `[web] public = true`: everyone sees everything."""
+    write_config(Path(web_env["ORCHESTRA_CONFIG"]), storage, WEB_CONFIG + "public = true\n")
+    with serving() as client:
+        yield client
+
+
+def admin_name() -> str:
+    """A login the dashboard counts as an admin (SQLite: the file's owner; PostgreSQL: a superuser)."""
+    ctx = Context.from_env()
+    try:
+        return sorted(n for n in Admins(ctx).names() if USER_NAME.fullmatch(n))[0]
+    finally:
+        ctx.engine.dispose()
+
+
+def read_events(web: WebClient, path: str, user: str | None = "alice", deadline: float = 60.0) -> Iterator[dict[str, str]]:
+    """The server-sent events of `path`, each as its {element id: HTML} object; fails the test
+    when none comes before the deadline (a keepalive comes at least every 15 s)."""
+    end = time.monotonic() + deadline
+    headers = {"X-Forwarded-User": user} if user else {}
+    with httpx.Client(base_url=web.url, timeout=30) as client, client.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < end, f"{path}: no expected event before the deadline"
+            if line.startswith("data: "):
+                yield json.loads(line.removeprefix("data: "))

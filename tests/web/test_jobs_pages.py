@@ -6,34 +6,18 @@ from __future__ import annotations
 
 import json
 from html import unescape
-import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from orchestra.db.models import Attempt
 from tests.db.listing_world import World, listing_world  # noqa: F401 - the fixture
-from tests.web.conftest import WebClient
+from tests.web.conftest import WebClient, admin_name, read_events
 
 SECRET = "a line only alice may read"
-
-
-def read_events(web: WebClient, path: str, user: str | None = "alice", deadline: float = 60.0) -> Iterator[dict[str, str]]:
-    """The server-sent events of `path`, each as its {element id: HTML} object; fails the test
-    when none comes before the deadline (a keepalive comes at least every 15 s)."""
-    end = time.monotonic() + deadline
-    headers = {"X-Forwarded-User": user} if user else {}
-    with httpx.Client(base_url=web.url, timeout=30) as client, client.stream("GET", path, headers=headers) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            assert time.monotonic() < end, f"{path}: no expected event before the deadline"
-            if line.startswith("data: "):
-                yield json.loads(line.removeprefix("data: "))
 
 
 def log_of(w: World, job_id: int) -> Path:
@@ -118,7 +102,6 @@ def test_the_log_and_command_of_a_job_are_hidden_from_everyone_else(web: WebClie
             if trusted:
                 first = next(events)
                 assert SECRET not in json.dumps(first) and "hidden-note" in first["log-tail"]
-    from tests.web.test_tasks_pages import admin_name
 
     for user in ("alice", admin_name()):
         assert SECRET in web.get(f"/jobs/{failed}", user).text

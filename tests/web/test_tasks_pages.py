@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from html import unescape
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from orchestra.db.models import Attempt, Task
-from orchestra.naming import USER_NAME
-from orchestra.services.context import Context
 from orchestra.web import tasks_pages
-from orchestra.web.app import Admins
-from orchestra.web.server import start_in_thread
 from tests.db.listing_world import LONG, World, listing_world  # noqa: F401 - the fixture
-from tests.helpers import write_config
-from tests.web.conftest import WEB_CONFIG, WebClient
-from tests.web.test_jobs_pages import read_events
+from tests.web.conftest import WebClient, admin_name, read_events
 
 BUSY = "user.alice.busy"
 COMMAND = "run %DATA %IN %OUT"  # the World's tasks' command
@@ -197,15 +190,6 @@ def test_scouts_and_dependencies_are_shown_and_linked(web: WebClient, listing_wo
     assert "waiting for user.alice.scouted" in later
 
 
-def admin_name() -> str:
-    """A login the dashboard counts as an admin (SQLite: the file's owner; PostgreSQL: a superuser)."""
-    ctx = Context.from_env()
-    try:
-        return sorted(n for n in Admins(ctx).names() if USER_NAME.fullmatch(n))[0]
-    finally:
-        ctx.engine.dispose()
-
-
 def test_private_parts_of_a_task_are_hidden_from_everyone_else(web: WebClient, listing_world: World) -> None:
     write_failure_logs(listing_world)
     for user, trusted in ((None, True), ("bob", True), ("alice", False)):
@@ -218,19 +202,6 @@ def test_private_parts_of_a_task_are_hidden_from_everyone_else(web: WebClient, l
         html = web.get(f"/tasks/{BUSY}", user).text
         assert COMMAND in html and SECRET in html and "hidden-note" not in html, user
         assert web.json(f"/api/tasks/{BUSY}", user)["command"] == COMMAND  # type: ignore[index]
-
-
-@pytest.fixture
-def public_web(web_env: dict[str, str], storage: Path) -> Iterator[WebClient]:
-    """A dashboard with `[web] public = true`: everyone sees everything."""
-    write_config(Path(web_env["ORCHESTRA_CONFIG"]), storage, WEB_CONFIG + "public = true\n")
-    ctx = Context.from_env()
-    server = start_in_thread(ctx)
-    client = WebClient(server)
-    yield client
-    client.close()
-    server.stop()
-    ctx.engine.dispose()
 
 
 def test_a_public_dashboard_shows_private_parts_to_everyone(listing_world: World, public_web: WebClient) -> None:
