@@ -12,6 +12,10 @@ what this machine can do at best, measured the same minute. Three kinds of limit
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
 - raw set-based UPDATE: one Core statement that marks 1,000 queued job rows running (what the
   cycle's record step does, without its bookkeeping), committed; the mean of a few.
+- raw cycle writes: the row changes of one scheduler cycle's write steps (1,000 ends recorded,
+  1,000 dispatches recorded, their launches acknowledged), made by raw set-based statements, one
+  per table touched, on the same database and the same kind of rows, right after the measured
+  cycles (`raw_cycle_writes`): what the cycle's own write statements are judged against.
 - minimal commit: a transaction that changes one row and commits, through Orchestra's own engine
   (`make_engine`: SQLite in WAL mode with synchronous=NORMAL, which does not fsync at commit;
   PostgreSQL with its defaults, which flush and fsync the WAL): the mean of N.
@@ -26,10 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from orchestra.backends.local import WRAPPER, job_environment
-from orchestra.db.engine import make_engine
+from orchestra.db.engine import is_sqlite, make_engine
 from orchestra.db.models import Job
 
 
@@ -130,5 +134,85 @@ def minimal_commit(url: str, repeats: int) -> float:
             with engine.begin() as conn:
                 conn.execute(update(Job).where(Job.id == job_id).values(queued_at=Job.queued_at))
         return (time.perf_counter() - start) / repeats
+    finally:
+        engine.dispose()
+
+
+def _among(column: str, ids: list[int], sqlite: bool) -> str:
+    """`column` among `ids`, the ids written into the statement (integers read from the database):
+    no parameter processing, the cheapest the driver can be asked."""
+    listed = ",".join(str(int(i)) for i in ids) or "NULL"
+    return f"{column} IN ({listed})" if sqlite else f"{column} = ANY(ARRAY[{listed}]::bigint[])"
+
+
+def raw_cycle_writes(url: str, repeats: int = 3) -> dict[str, float]:
+    """Mean seconds, per cycle step, of raw set-based statements making the row changes of that
+    step's writes (`CycleReport.writes`) in a measured cycle (1,000 slots end and are refilled),
+    on the database the cycle just ran on, its commit not included (nor is it in the cycle's):
+
+    - `reconcile`: the live attempts end (one UPDATE of `attempts`: status, exit code, reason, end,
+      charged up to it), their jobs succeed (one UPDATE of `jobs`), every user with usage is
+      decayed and charged (one UPDATE of `users`);
+    - `dispatch`: the head job of as many tasks is marked starting (one UPDATE of `jobs`), its
+      attempt recorded (one INSERT ... SELECT into `attempts`), its task's queued count lowered
+      (one UPDATE of `tasks`);
+    - `launch`: those attempts and jobs are marked running (one UPDATE each).
+
+    Each repeat runs in one transaction that is rolled back (the same rows, the database as the
+    cycle left it), every statement timed on its own."""
+    engine = make_engine(url)
+    try:
+        sqlite = is_sqlite(engine)
+        with engine.connect() as conn:
+            live = conn.execute(text(
+                "SELECT a.id, a.job_id, t.owner_id FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                "JOIN tasks t ON t.id = j.task_id WHERE a.status IN ('starting', 'running')")).all()
+            # As many queued jobs as the cycle dispatches, spread over the tasks as its fill spreads them.
+            heads = conn.execute(text(
+                'SELECT id, task_id FROM jobs WHERE status = \'queued\' ORDER BY "index", task_id LIMIT :n'),
+                {"n": len(live)}).all()
+            users = conn.scalars(text("SELECT id FROM users WHERE usage > 0")).all()
+        if not live or len(heads) < len(live):
+            raise RuntimeError(f"raw cycle writes: {len(live)} live attempts, {len(heads)} queued jobs")
+        attempts, jobs = [r[0] for r in live], [r[1] for r in live]
+        charged = sorted(set(users) | {r[2] for r in live})
+        heads_jobs, heads_tasks = [r[0] for r in heads], sorted({r[1] for r in heads})
+        totals = {"reconcile": 0.0, "dispatch": 0.0, "launch": 0.0}
+        for _ in range(repeats):
+            now = time.time()
+            statements = {
+                "reconcile": [
+                    f"UPDATE attempts SET status = 'succeeded', exit_code = 0, reason = NULL, ended_at = {now!r}, "
+                    f"charged_until = {now!r} WHERE {_among('id', attempts, sqlite)}",
+                    f"UPDATE jobs SET status = 'succeeded', failures = failures, exit_code = 0, reason = NULL, "
+                    f"ended_at = {now!r}, queued_at = {now!r} WHERE {_among('id', jobs, sqlite)}",
+                    f"UPDATE users SET usage = usage * 0.5 + 1.0, usage_at = {now!r} WHERE {_among('id', charged, sqlite)}",
+                ],
+                "dispatch": [
+                    f"UPDATE jobs SET status = 'starting', attempts = attempts + 1, started_at = NULL, ended_at = NULL "
+                    f"WHERE {_among('id', heads_jobs, sqlite)} AND status = 'queued'",
+                    "INSERT INTO attempts (job_id, number, backend_name, cluster, status, log_path, weight, created_at) "
+                    f"SELECT id, attempts, 'raw-' || id || '-' || attempts, 'LPS', 'starting', "
+                    f"'/raw/' || id || '/log', 1.0, {now!r} FROM jobs WHERE {_among('id', heads_jobs, sqlite)}",
+                    f"UPDATE tasks SET n_queued = n_queued - 1 WHERE {_among('id', heads_tasks, sqlite)}",
+                ],
+                "launch": [
+                    f"UPDATE attempts SET status = 'running', host = 'null', pid = NULL, pid_start = NULL, "
+                    f"started_at = {now!r} WHERE {_among('job_id', heads_jobs, sqlite)} AND status = 'starting'",
+                    f"UPDATE jobs SET status = 'running', started_at = {now!r} "
+                    f"WHERE {_among('id', heads_jobs, sqlite)} AND status = 'starting'",
+                ],
+            }
+            with engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    for step, sqls in statements.items():
+                        for sql in sqls:
+                            start = time.perf_counter()
+                            conn.exec_driver_sql(sql)
+                            totals[step] += time.perf_counter() - start
+                finally:
+                    transaction.rollback()
+        return {step: seconds / repeats for step, seconds in totals.items()}
     finally:
         engine.dispose()

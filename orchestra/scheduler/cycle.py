@@ -126,6 +126,10 @@ class CycleReport:
     ended: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (cluster, queue, attempt result)
     backend_errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (cluster, kind)
     queued_at: dict[str, float] = field(default_factory=dict)  # backend name -> its job's queued_at, at dispatch
+    # Seconds, per step, of the statements that write job, attempt, task and user rows (a part of
+    # `steps`): what the bench compares with raw set-based statements making the same changes.
+    writes: dict[str, float] = field(default_factory=dict)
+    _current: str = field(default="", repr=False)
 
     def line(self) -> str:
         """`cycle: started 4, succeeded 3 (12 ms: reconcile 5, requests 0, ...)`: a slow cycle says
@@ -138,10 +142,21 @@ class CycleReport:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        outer, self._current = self._current, name
         try:
             yield
         finally:
+            self._current = outer
             self.steps[name] = time.perf_counter() - started
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Times row-writing statements, added to the current step's `writes`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.writes[self._current] = self.writes.get(self._current, 0.0) + time.perf_counter() - started
 
 
 class LiveAttempt(NamedTuple):
@@ -414,10 +429,11 @@ class Scheduler:
         return _Observed(now, live, list(by_cluster), endings, confirmed, waiting, strangers)
 
     def _record_observed(self, session: Session, seen: _Observed, report: CycleReport, full: bool) -> None:
-        self._confirm(session, seen.confirmed, seen.now)
-        self._note_waiting(session, seen.waiting)
+        with report.writing():
+            self._confirm(session, seen.confirmed, seen.now)
+            self._note_waiting(session, seen.waiting)
         self._record_endings(session, seen.endings, report)
-        self._charge_usage(session, seen.live, seen.endings, seen.now, everyone=full)
+        self._charge_usage(session, seen.live, seen.endings, seen.now, everyone=full, report=report)
 
     def _release_ended(self, seen: _Observed, report: CycleReport) -> None:
         """Once their end is committed: the ended attempts' backend objects go, and strangers."""
@@ -472,9 +488,10 @@ class Scheduler:
         if not endings:
             return
         # An ended attempt's charge is settled up to its end here (see `_charge_usage`): one write per attempt.
-        bulk_update(session, ATTEMPTS, [{"id": e.attempt.id, "status": e.status.value, "exit_code": e.exit_code,
-                                         "reason": e.reason, "ended_at": e.ended_at, "charged_until": e.ended_at}
-                                        for e in endings])
+        attempt_rows = [{"id": e.attempt.id, "status": e.status.value, "exit_code": e.exit_code,
+                         "reason": e.reason, "ended_at": e.ended_at, "charged_until": e.ended_at} for e in endings]
+        with report.writing():
+            bulk_update(session, ATTEMPTS, attempt_rows)
         job_rows = []
         requeued: Counter[int] = Counter()
         for e in endings:
@@ -504,15 +521,16 @@ class Scheduler:
                 "reason": e.reason, "ended_at": None if status == JobStatus.QUEUED else e.ended_at,
                 "queued_at": e.ended_at,
             })
-        bulk_update(session, JOBS, job_rows)
-        self._add_queued(session, requeued)
+        with report.writing():
+            bulk_update(session, JOBS, job_rows)
+            self._add_queued(session, requeued)
 
     @staticmethod
     def _add_queued(session: Session, deltas: Counter[int]) -> None:
         bulk_update(session, TASKS, [{"id": t, "n_queued": d} for t, d in deltas.items()], add=["n_queued"])
 
     def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float,
-                      everyone: bool = True) -> None:
+                      everyone: bool = True, report: CycleReport | None = None) -> None:
         """Charge weighted slot-seconds to owners as attempts run; decay their usage to `now`.
 
         A full cycle charges every live attempt and decays every user; a short pass only the
@@ -536,7 +554,9 @@ class Scheduler:
                 charges[a.owner_id] += (until - start) * a.weight
                 if a.id not in ended_at:
                     marks.append({"id": a.id, "charged_until": until})
-        bulk_update(session, ATTEMPTS, marks)
+        report = report or CycleReport()
+        with report.writing():
+            bulk_update(session, ATTEMPTS, marks)
         if not everyone and not charges:
             return  # a short pass in which nothing ended: nothing to write
         users = session.connection().execute(self._sql.users_to_decay if everyone else self._sql.charged_users,
@@ -547,8 +567,9 @@ class Scheduler:
         usage = fairshare.decayed([u[1] for u in users], [u[2] for u in users], now, self.settings.fairshare)
         usage += np.array([charges.get(int(i), 0.0) for i in ids])
         usage[usage < 1e-6] = 0.0
-        bulk_update(session, USERS, [{"id": int(i), "usage": float(u)} for i, u in zip(ids, usage)],
-                    fixed={"usage_at": now})
+        user_rows = [{"id": int(i), "usage": float(u)} for i, u in zip(ids, usage)]
+        with report.writing():
+            bulk_update(session, USERS, user_rows, fixed={"usage_at": now})
 
     # ------------------------------------------------------------------ 2. user requests
     def _mail_direct_kills(self, session: Session, now: float) -> None:
@@ -796,7 +817,8 @@ class Scheduler:
         chosen = queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots])
         if not chosen:
             return []
-        rows = connection.execute(self._sql.start_jobs, {"ids": list(chosen)}).all()
+        with report.writing():
+            rows = connection.execute(self._sql.start_jobs, {"ids": list(chosen)}).all()
         specs = []
         attempts = []
         for r in rows:
@@ -811,8 +833,9 @@ class Scheduler:
                                     cluster))
             attempts.append((r.id, r.attempts, name, t.cluster, AttemptStatus.STARTING.value, log_path,
                              queue_charge(self.settings, t.cluster, t.queue), now))
-        bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
-        self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
+        with report.writing():
+            bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
+            self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
 
     def _trusted_roots(self, session: Session, tasks: Iterable[Any], now: float) -> dict[int, tuple[ClusterConfig, str]]:
@@ -876,13 +899,14 @@ class Scheduler:
             if failing or started:
                 outcome = holds.record(session, failing, started, now)
             if ok and not accepted_only:
-                bulk_update(session, ATTEMPTS, [
-                    {"backend_name": s.backend_name, "host": l.host, "pid": l.pid, "pid_start": l.pid_start,
-                     "started_at": l.started_at or now} for s, l in ok],
-                    key="backend_name", where=[_ATTEMPT_STARTING],
-                    fixed={"status": AttemptStatus.RUNNING.value})
-                bulk_update(session, JOBS, [{"id": s.job_id, "started_at": l.started_at or now} for s, l in ok],
-                            where=[_JOB_STARTING], fixed={"status": JobStatus.RUNNING.value})
+                attempt_rows = [{"backend_name": s.backend_name, "host": l.host, "pid": l.pid,
+                                 "pid_start": l.pid_start, "started_at": l.started_at or now} for s, l in ok]
+                job_rows = [{"id": s.job_id, "started_at": l.started_at or now} for s, l in ok]
+                with report.writing():
+                    bulk_update(session, ATTEMPTS, attempt_rows, key="backend_name", where=[_ATTEMPT_STARTING],
+                                fixed={"status": AttemptStatus.RUNNING.value})
+                    bulk_update(session, JOBS, job_rows, where=[_JOB_STARTING],
+                                fixed={"status": JobStatus.RUNNING.value})
             if refused:
                 live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
                 endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now, final=l.final)

@@ -34,13 +34,21 @@ def test_limits_and_cycle_benchmarks_print_their_rows(kind: str, request: pytest
         assert re.search(r"mean of 10 cycles \(worst \d+ ms\), 1,000 dispatched each; [\d,]+ decisions/s", row), row
         assert re.search(r"peak RSS \d+ MiB", row), row
         assert re.search(r"raw set-based UPDATE of 1,000 of its rows \d+ ms", row), row
+        # The write steps' own statements beside raw set-based ones making the same row changes.
+        assert re.search(r"write steps, the cycle's statements / raw set-based ones of the same rows: "
+                         r"record \d+ ms / \d+ ms \([\d.]+x\), acknowledge \d+ ms / \d+ ms \([\d.]+x\), "
+                         r"reconcile \d+ ms / \d+ ms \([\d.]+x\);", row), row
     small, large = (row.split(" | ") for row in rows)
     assert small[3:5] == ["-", "-"], small
     assert re.fullmatch(r"[\d.]+ s, the 1,000 cycle", large[3]), large
     assert re.fullmatch(r"\d+ % \(goal >= 83 %: (meets|misses)\)", large[4]), large
-    assert re.search(r"^Goals \(issue 18\), as fractions of limits measured in this run: [01] of 1 met\.$",
+    assert re.search(r"^Goals \(issue 18\), as fractions of limits measured in this run: [012] of 2 met\.$",
                      out.stdout, re.M), out.stdout[-3000:]
     assert re.search(r"^- (meets|misses): scheduler cycle, 10,000 queued.*: <= 1\.2x the 1,000 cycle", out.stdout, re.M)
+    assert re.search(r"^- (meets|misses): scheduler cycle, 10,000 queued.*: write steps within 2x of the raw set-based "
+                     r"statements of the same rows \(worst: (record|acknowledge|reconcile), [\d.]+x\) "
+                     r"\(\d+ % of the limit reached: \d+ ms raw set-based (record|acknowledge|reconcile)\)$",
+                     out.stdout, re.M), out.stdout[-3000:]
 
     limits = {row.split(" | ")[0]: row.split(" | ") for row in out.stdout.splitlines() if row.startswith("| limit: ")}
     assert sorted(limits) == [
