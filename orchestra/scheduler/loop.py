@@ -36,6 +36,7 @@ from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, ChangeCounter, Task
 from orchestra.metrics import Metrics
 from orchestra.scheduler.cycle import CycleReport, Scheduler, describe_counts
+from orchestra.scheduler import holds as queue_holds
 from orchestra.scheduler.lease import LeaseLost
 from orchestra.notify.postman import Postman
 from orchestra.services import dependencies, retention
@@ -281,11 +282,13 @@ def idle_summary(ctx: Context) -> str | None:
     """`--until-idle`'s last line once nothing can run without a user's action, else None.
 
     Not idle while there is a live attempt, a pending kill or delete, a registered task that waits
-    for no dependency (the next full cycle expands it), queued jobs of a scouting or running task in a queue with slots, or
-    queued jobs of a broken task (the next pass kills them). Read right after a pass, whose task
-    step has settled every other scouting or running task. The line says what remains, e.g.
-    `idle: 2 tasks broken, 1 killed; nothing can run without a user's action`.
-    """
+    for no dependency (the next full cycle expands it), queued jobs of a scouting or running task in
+    a queue with slots that is not held, or queued jobs of a broken task (the next pass kills them).
+    Read right after a pass, whose task step has settled every other scouting or running task. The
+    line says what remains, e.g. `idle: 2 tasks broken, 1 killed; nothing can run without a user's
+    action`. A held queue (storage full, the cluster's API away: scheduler/holds.py) counts as
+    stuck: its probe may take minutes and often needs an admin, so `--until-idle` stops and says
+    why rather than backing off for ever."""
     with_slots = {(c.name, q.name) for c in ctx.settings.clusters.values() for q in c.queues.values() if q.slots}
     with ctx.engine.connect() as conn:
         if conn.execute(sql_select(func.count()).select_from(Attempt).where(
@@ -301,15 +304,20 @@ def idle_summary(ctx: Context) -> str | None:
         # be, the dependency itself is work that keeps the loop going).
         waiting = conn.execute(sql_select(func.count()).select_from(Task).where(
             Task.status == TaskStatus.REGISTERED.value, ~dependencies.ready_clause())).scalar() or 0
+        held = queue_holds.read(conn)  # type: ignore[arg-type]  # a Connection executes as a Session does
     remaining: Counter[str] = Counter()
     unrunnable = 0  # queued jobs in a queue without slots (or not configured)
+    in_held: Counter[tuple[str, str]] = Counter()  # queued jobs per held queue
     for status, cluster, queue, n, requests, queued in rows:
-        runnable = queued and (status == TaskStatus.BROKEN or (
-            status in (TaskStatus.SCOUTING, TaskStatus.RUNNING) and (cluster, queue) in with_slots))
+        startable = status in (TaskStatus.SCOUTING, TaskStatus.RUNNING) and (cluster, queue) in with_slots
+        runnable = queued and (status == TaskStatus.BROKEN or (startable and (cluster, queue) not in held))
         if requests or status == TaskStatus.REGISTERED or runnable:
             return None
         remaining[status] += n
-        unrunnable += queued or 0
+        if queued and startable:
+            in_held[(cluster, queue)] += queued
+        else:
+            unrunnable += queued or 0
     listed: list[tuple[str, int]] = [(status.value, remaining[status]) for status in TaskStatus if remaining[status]]
     if waiting:
         listed.append(("waiting for a dependency", waiting))
@@ -318,6 +326,8 @@ def idle_summary(ctx: Context) -> str | None:
     parts = [f"{n} {('task ' if n == 1 else 'tasks ') if i == 0 else ''}{status}"
              for i, (status, n) in enumerate(listed)]
     stuck = f"; {unrunnable} queued job(s) in queues without slots" if unrunnable else ""
+    for (cluster, queue), n in sorted(in_held.items()):
+        stuck += f"; {n} queued job(s) in {cluster}/{queue}, held: {held[(cluster, queue)].reason}"
     return f"idle: {', '.join(parts)}{stuck}; nothing can run without a user's action"
 
 

@@ -6,6 +6,8 @@ issue 14 (a retry of a task killed before expansion; the queued scouts of a brok
 `--until-idle` summary line."""
 from __future__ import annotations
 
+import time
+
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -345,6 +347,23 @@ def test_a_scout_still_running_when_its_task_breaks_ends_on_its_own(orc: Orc) ->
 
 
 # ------------------------------------------------------------------ the --until-idle summary
+def test_until_idle_stops_at_a_held_queue_and_says_why(orc: Orc) -> None:
+    """Jobs queued in a held queue (its storage full, say) wait for the hold's probe, minutes away
+    and often for an admin: `--until-idle` says so and stops instead of backing off for ever."""
+    from sqlalchemy import insert
+
+    from orchestra.db.models import QueueHold
+
+    now = time.time()
+    with orc.ctx.transaction() as session:
+        session.execute(insert(QueueHold).values(cluster="LPS", queue="cpu", reason="storage full (test)",
+                                                 since=now, retry_at=now + 3600, backoff=300.0, tries=3))
+    orc.create("--bypass")
+    assert orc.until_idle() == ("idle: 1 task running; 6 queued job(s) in LPS/cpu, held: storage full (test); "
+                                "nothing can run without a user's action")
+    assert orc.counts() == {"queued": 6}  # nothing started, nothing charged
+
+
 def test_until_idle_reports_what_waits_for_a_user(orc: Orc, env: dict[str, str]) -> None:
     config = Path(env["ORCHESTRA_CONFIG"])
     text = config.read_text()
