@@ -191,6 +191,12 @@ def _scheduled_at(pod: client.V1Pod) -> float | None:
     return None
 
 
+class KubernetesDenied(OrchestraError):
+    """The API refused our credentials (401) or RBAC forbids the call (403 "... cannot ..."): an
+    admin must fix the kubeconfig or the Role. Raised from every call but a pod create, which holds
+    its queue instead (the other clusters and queues keep running; see `_launch_one`)."""
+
+
 class _Unavailable(threading.Event):
     """Set by the first of a round's concurrent creates to find the API unavailable, with why."""
 
@@ -349,13 +355,13 @@ class KubernetesBackend:
             delay = min(delay * 2, MAX_BACKOFF)
         raise AssertionError("unreachable")
 
-    def _denied(self, exc: ApiException, verb: str, resource: str) -> OrchestraError:
+    def _denied(self, exc: ApiException, verb: str, resource: str) -> KubernetesDenied:
         action = f"{verb} {resource} in namespace {self.namespace}"
         if exc.status == 401:
-            return OrchestraError(
+            return KubernetesDenied(
                 f"kubernetes API {self.api_client.configuration.host} rejected our credentials (401 Unauthorized) "
                 f"trying to {action}; check the kubeconfig context or the service account token")
-        return OrchestraError(
+        return KubernetesDenied(
             f"kubernetes forbids Orchestra to {action} (403 Forbidden: {_status_message(exc)}); grant the verb "
             f"'{verb}' on '{resource}' in the Role bound to Orchestra's service account (docker/k8s/rbac.yaml)")
 
@@ -465,7 +471,7 @@ class KubernetesBackend:
         """Create the pods concurrently. An API that proves unavailable is the cluster's failure,
         not the jobs': that launch and the rest (not tried once one call gave up) come back as
         `Launched.infra`, so the scheduler queues them again uncharged and holds the queue until a
-        probe launch succeeds. Except a create that may have been carried out although its answer
+        probe launch succeeds; so does a create that RBAC forbids (its message names the grant). Except a create that may have been carried out although its answer
         was lost (`KubernetesUnavailable.maybe_done`): putting it back could run the job twice, so
         it is reported started, and the next survey adopts the pod or finds it lost."""
         self._start_watch()
@@ -506,6 +512,12 @@ class KubernetesBackend:
                 self._give_up(unavailable, exc)
                 if exc.maybe_done:  # the pod may exist: the next survey adopts it or finds it lost
                     return Launched(name)
+                return Launched(name, error=str(exc), infra=True)
+            except KubernetesDenied as exc:
+                # RBAC or credentials: nothing was created and nothing will be until an admin acts.
+                # The cluster's failure, not the job's: put back uncharged and the queue held with
+                # this message (a probe with backoff), rather than stopping the whole service.
+                self._give_up(unavailable, KubernetesUnavailable(str(exc)))
                 return Launched(name, error=str(exc), infra=True)
             except ApiException as exc:
                 why = _status_message(exc)

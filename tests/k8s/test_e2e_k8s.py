@@ -119,21 +119,35 @@ def test_scheduler_killed_while_pods_run_adopts_them(cli: Cli, storage: Path, tm
     assert_clean(sim)
 
 
-def test_forbidden_create_is_a_clear_error_then_recovers(cli: Cli, storage: Path, k8s_env: K8sEnv) -> None:
+def test_forbidden_create_holds_the_queue_with_the_fix_then_recovers(cli: Cli, storage: Path,
+                                                                      k8s_env: K8sEnv) -> None:
+    """RBAC that forbids creating pods is the cluster's failure, not the jobs': the queue is held
+    with the grant to make (as `maestro queue` and the idle line say), nothing is charged, and the
+    service keeps running (its other clusters too) until the admin fixes the Role."""
+    from tests.e2e.test_holds import hold_row, next_probe_in
+
     sim = k8s_env()
     sim.deny("create")
     register(cli, storage, 2)
     create(cli, "denied", "echo %DATA %IN %OUT", "--bypass")
     result = run_scheduler(*FAST)
-    assert result.returncode == 1
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: kubernetes forbids Orchestra to create pods in namespace orchestra (403")
-    assert "grant the verb 'create' on 'pods'" in error and "Traceback" not in result.stderr
-    sim.allow_all()  # the admin fixes the Role; the attempts recorded before the crash are lost, then retried
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    idle = [line for line in result.stderr.splitlines() if " idle: " in line][-1]
+    assert "2 queued job(s) in LPS/cpu, held: kubernetes forbids Orchestra to create pods in namespace orchestra (403" in idle
+    assert "grant the verb 'create' on 'pods'" in idle
+    jobs = jobs_of(cli, "denied")
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("queued", 0)] * 2
+    reasons = [r["reason"] for r in json.loads(cli.ok("maestro queue --json").out)["rows"] if r["state"] == "queued"]
+    assert reasons and all("kubernetes forbids Orchestra to create pods" in r for r in reasons), reasons
+    sim.allow_all()  # the admin fixes the Role
+    ctx = Context.from_env()
+    assert hold_row(ctx) is not None
+    next_probe_in(ctx, 0)
+    ctx.engine.dispose()
     result = run_scheduler(*FAST)
     assert result.returncode == 0, result.stderr
     jobs = jobs_of(cli, "denied")
-    assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 2)] * 2
+    assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 2  # uncharged while held
     assert_clean(sim)
 
 
