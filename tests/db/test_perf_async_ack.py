@@ -12,8 +12,8 @@ from sqlalchemy import event
 from orchestra.backends.base import Launched, LaunchSpec
 from orchestra.backends.null import NullBackend
 from orchestra.scheduler.cycle import Scheduler
-from orchestra.services.context import Context
 from tests.db.test_perf_short_pass import committed, submit
+from tests.db.conftest import scheduler_on
 from tests.helpers import Cli
 
 ASYNC = "SET LOCAL synchronous_commit = off"
@@ -34,10 +34,8 @@ class Refusing(NullBackend):
 @pytest.fixture
 def sched(env: dict[str, str]) -> Iterator[tuple[Scheduler, Refusing]]:
     backend = Refusing()
-    scheduler = Scheduler(Context.from_env(), backends={"LPS": backend})
-    assert scheduler.lease.try_acquire()
-    yield scheduler, backend
-    scheduler.ctx.engine.dispose()
+    with scheduler_on(backend) as scheduler:
+        yield scheduler, backend
 
 
 def test_only_the_record_of_started_launches_skips_the_flush(

@@ -3,7 +3,6 @@ instead of reading them; the input it builds so must be exactly what reading the
 (what `maestro queue` shows), pass after pass: ends, retries, a user's cap, a second user."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,8 @@ from orchestra.backends.null import NullBackend
 from orchestra.db.models import User
 from orchestra.scheduler import cycle
 from orchestra.scheduler.cycle import Scheduler
-from orchestra.services.context import Context
 from orchestra.services.queue import policy_input
 from tests.helpers import Cli
-
-
-@pytest.fixture
-def sched(env: dict[str, str]) -> Iterator[tuple[Scheduler, NullBackend]]:
-    backend = NullBackend()
-    scheduler = Scheduler(Context.from_env(), backends={"LPS": backend})
-    assert scheduler.lease.try_acquire()
-    yield scheduler, backend
-    scheduler.ctx.engine.dispose()
 
 
 def submit(cli: Cli, storage: Path, user: str, n: int) -> None:

@@ -2,7 +2,6 @@
 and every write is committed before the backend call that depends on it; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,7 @@ from sqlalchemy import func, select
 from orchestra.backends.null import NullBackend
 from orchestra.db.models import Attempt, Job
 from orchestra.scheduler.cycle import Scheduler
-from orchestra.services.context import Context
 from tests.helpers import Cli
-
-
-@pytest.fixture
-def sched(env: dict[str, str]) -> Iterator[tuple[Scheduler, NullBackend]]:
-    backend = NullBackend()
-    scheduler = Scheduler(Context.from_env(), backends={"LPS": backend})
-    assert scheduler.lease.try_acquire()
-    yield scheduler, backend
-    scheduler.ctx.engine.dispose()
 
 
 def submit(cli: Cli, storage: Path, n: int) -> None:

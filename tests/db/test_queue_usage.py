@@ -6,7 +6,6 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from orchestra.backends.null import NullBackend
 from orchestra.config import load_settings
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.scheduler.cycle import Scheduler
-from orchestra.services.context import Context
 from orchestra.services.queue import policy_input
 from tests.helpers import ADMIN, Cli
 
@@ -36,15 +34,6 @@ def world(cli: Cli, storage: Path) -> Path:
     cli.ok(f"orchestra_registry -d user.alice.few -p {storage / 'few'} --cluster LPS")
     cli.ok(f"orchestra_registry -d user.alice.data -p {storage / 'data'} --cluster LPS")
     return storage
-
-
-@pytest.fixture
-def sched(env: dict[str, str]) -> Iterator[tuple[Scheduler, NullBackend]]:
-    backend = NullBackend()
-    scheduler = Scheduler(Context.from_env(), backends={"LPS": backend})
-    assert scheduler.lease.try_acquire()
-    yield scheduler, backend
-    scheduler.ctx.engine.dispose()
 
 
 def create(cli: Cli, user: str, name: str, configs: str = "configs", extra: str = "--bypass") -> None:
