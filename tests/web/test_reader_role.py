@@ -4,12 +4,14 @@ nothing else — no writes, no EXECUTE on the owner's functions. Every page and 
 answer with only that, for an anonymous viewer and for an owner vouched for by the proxy."""
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError
 
 from orchestra.db.models import Job, Task
 from orchestra.services.context import Context
@@ -59,3 +61,16 @@ def test_every_route_answers_to_a_read_only_login(listing_world: World, reader_w
     for stream in ("/live/overview", f"/live/tasks/{task_id}", f"/live/jobs/{job_id}"):
         with closing(read_events(reader_web, stream)) as events:
             assert next(events), stream
+
+
+def test_the_read_only_login_cannot_read_e_mail_addresses(reader_web: WebClient) -> None:
+    """The users' addresses are for the postman, not for a dashboard (nor whoever runs it)."""
+    reader = create_engine(os.environ["ORCHESTRA_DATABASE_URL"])
+    try:
+        with reader.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM users")).scalar() is not None  # the rest is readable
+            conn.execute(text("SELECT id, name, share, usage FROM users")).all()
+            with pytest.raises(DBAPIError, match="permission denied"):
+                conn.execute(text("SELECT email FROM users"))
+    finally:
+        reader.dispose()

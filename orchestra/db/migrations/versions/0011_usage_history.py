@@ -106,6 +106,13 @@ def upgrade() -> None:
     op.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {READERS}')
     for table in bind.execute(sa.text(USER_READABLE)).scalars():
         op.execute(f'GRANT SELECT ON "{table}" TO {READERS}')
+    # Users' e-mail addresses (and whether they want mail) are nobody's business on a dashboard:
+    # the readers get every other column of `users`.
+    op.execute(f'REVOKE SELECT ON "users" FROM {READERS}')
+    columns = bind.execute(sa.text(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'users' AND column_name NOT IN ('email', 'notify') ORDER BY ordinal_position")).scalars()
+    op.execute(f'GRANT SELECT ({", ".join(chr(34) + c + chr(34) for c in columns)}) ON "users" TO {READERS}')
 
 
 def downgrade() -> None:
