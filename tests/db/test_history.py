@@ -7,7 +7,6 @@ and up; and on PostgreSQL the dashboard's read-only group role reads and cannot 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from orchestra.db.models import UsageHistory, UsageRollup, User
 from orchestra.scheduler.cycle import CycleReport, backend_name
 from orchestra.services import history, retention
 from orchestra.services.context import Context
+from tests.db.conftest import readers_login
 from tests.db.test_security import role_url
 from tests.e2e.scheduler_helpers import make_inputs, run_scheduler
 from tests.helpers import Cli, write_config
@@ -374,11 +374,13 @@ def test_the_readers_role_reads_and_cannot_write(db_url: str) -> None:
     the users' tables and the history, no INSERT/UPDATE/DELETE anywhere, no owner's function."""
     if db_url.startswith("sqlite"):
         pytest.skip("roles are PostgreSQL's")
-    role = f"web_{uuid.uuid4().hex[:8]}"
+    with readers_login(db_url) as role:
+        _check_reader(db_url, role)
+
+
+def _check_reader(db_url: str, role: str) -> None:
     owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
     with owner.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'"))
-        conn.execute(text(f"GRANT orchestra_readers TO {role}"))
         conn.execute(text("INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('ann', 1, 0, 0, 0)"))
         conn.execute(text("INSERT INTO usage_history (at, user_id, running, queued, started, wait_seconds_sum, "
                           "max_wait_seconds) VALUES (1, NULL, 0, 0, 0, 0, 0)"))
@@ -403,8 +405,6 @@ def test_the_readers_role_reads_and_cannot_write(db_url: str) -> None:
                         conn.execute(text(statement))
     finally:
         web.dispose()
-        with owner.connect() as conn:
-            conn.execute(text(f"DROP ROLE {role}"))
         owner.dispose()
 
 

@@ -5,7 +5,6 @@ answer with only that, for an anonymous viewer and for an owner vouched for by t
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 
@@ -16,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestra.db.models import Job, Task
 from orchestra.services.context import Context
 from tests.db.listing_world import World, listing_world  # noqa: F401 - the fixture
+from tests.db.conftest import readers_login
 from tests.db.test_security import role_url
 from tests.web.conftest import WebClient, read_events, serving
 
@@ -24,25 +24,14 @@ from tests.web.conftest import WebClient, read_events, serving
 def reader_web(web_env: dict[str, str], db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebClient]:
     if db_url.startswith("sqlite"):
         pytest.skip("roles are PostgreSQL's (SQLite: the file's owner reads it)")
-    role = f"web_{uuid.uuid4().hex[:8]}"
-    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    with owner.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'"))
-        conn.execute(text(f"GRANT orchestra_readers TO {role}"))
-    monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(db_url, role, f"pw-{role}"))
-    monkeypatch.delenv("ORCHESTRA_USER", raising=False)
-    probe = Context.from_env()
-    assert probe.engine.url.username == role  # the server's login: the read-only one
-    probe.engine.dispose()
-    try:
+    with readers_login(db_url) as role:
+        monkeypatch.setenv("ORCHESTRA_DATABASE_URL", role_url(db_url, role))
+        monkeypatch.delenv("ORCHESTRA_USER", raising=False)
+        probe = Context.from_env()
+        assert probe.engine.url.username == role  # the server's login: the read-only one
+        probe.engine.dispose()
         with serving() as client:
             yield client
-    finally:
-        with owner.connect() as conn:
-            conn.execute(text(f"REASSIGN OWNED BY {role} TO CURRENT_USER"))
-            conn.execute(text(f"DROP OWNED BY {role}"))
-            conn.execute(text(f"DROP ROLE {role}"))
-        owner.dispose()
 
 
 def test_every_route_answers_to_a_read_only_login(listing_world: World, reader_web: WebClient) -> None:
