@@ -32,6 +32,20 @@ def committed(scheduler: Scheduler) -> dict[str, int]:
     return {**{f"job {k}": v for k, v in jobs.items()}, **{f"attempt {k}": v for k, v in attempts.items()}}
 
 
+def count_guards(scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The lease guards run from now on (one per fenced, i.e. writing, transaction), as a list
+    that grows with each."""
+    seen: list[object] = []
+    guard = scheduler.lease.guard
+
+    def counting(session):  # type: ignore[no-untyped-def]
+        seen.append(session)
+        guard(session)
+
+    monkeypatch.setattr(scheduler.lease, "guard", counting)
+    return seen
+
+
 def test_a_short_pass_commits_its_records_before_the_backend_hears_of_them(
         cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend], monkeypatch: pytest.MonkeyPatch) -> None:
     scheduler, backend = sched
@@ -43,21 +57,13 @@ def test_a_short_pass_commits_its_records_before_the_backend_hears_of_them(
     release, launch = backend.release, backend.launch
     monkeypatch.setattr(backend, "release", lambda names: (seen_at_release.append(committed(scheduler)), release(names)))
     monkeypatch.setattr(backend, "launch", lambda specs: (seen_at_launch.append(committed(scheduler)), launch(specs))[1])
-    guards = 0
-    guard = scheduler.lease.guard
-
-    def counting(session):  # type: ignore[no-untyped-def]
-        nonlocal guards
-        guards += 1
-        guard(session)
-
-    monkeypatch.setattr(scheduler.lease, "guard", counting)
+    guards = count_guards(scheduler, monkeypatch)
     backend.finish(sorted(backend.running)[:2])
     report = scheduler.cycle(full=False)
     assert (report.counts["succeeded"], report.counts["started"]) == (2, 2)
     # The read is not fenced (it writes nothing); one fenced transaction for the ends + task states
     # + dispatch, one for the launches' answers.
-    assert guards == 2
+    assert len(guards) == 2
     # The ends and the new attempts were committed before the release and the launch.
     assert seen_at_release == [{"job succeeded": 2, "job starting": 2, "job running": 2, "job queued": 6,
                                 "attempt succeeded": 2, "attempt starting": 2, "attempt running": 2}]
@@ -71,14 +77,6 @@ def test_a_short_pass_with_nothing_ended_writes_in_one_transaction(
     scheduler, backend = sched
     submit(cli, storage, 4)
     scheduler.cycle()
-    guards = 0
-    guard = scheduler.lease.guard
-
-    def counting(session):  # type: ignore[no-untyped-def]
-        nonlocal guards
-        guards += 1
-        guard(session)
-
-    monkeypatch.setattr(scheduler.lease, "guard", counting)
+    guards = count_guards(scheduler, monkeypatch)
     report = scheduler.cycle(full=False)
-    assert report.counts["started"] == 0 and guards == 1  # the (empty) records; the read is not fenced
+    assert report.counts["started"] == 0 and len(guards) == 1  # the (empty) records; the read is not fenced
