@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from orchestra.cli import views_jobs
 from orchestra.errors import NotFound, OrchestraError, PermissionDenied
 from orchestra.services import job_actions, jobs
 from orchestra.states import JobStatus
-from orchestra.web.app import context_of
+from orchestra.web.app import context_of, json_document
 from orchestra.web.live import stream
 from orchestra.web.render import fragment, page
-from orchestra.web.tasks_pages import hidden_note
+from orchestra.web.viewer import hidden_note
 
 TAIL_LINES = 200  # the page's log tail
 MAX_LINES = 10_000  # the most /api/jobs/{id}/log gives at once
@@ -88,7 +88,7 @@ def api_job(request: Request) -> Response:
     data = views_jobs.job_json(detail)
     if not request.state.viewer.sees_private(detail.owner):
         data["command"] = None
-    return JSONResponse(data)
+    return json_document(data)
 
 
 def _lines(request: Request) -> int:
@@ -106,7 +106,7 @@ def api_job_log(request: Request) -> Response:
     if not request.state.viewer.sees_private(detail.owner):
         raise PermissionDenied(f"the log of job {detail.id} is private; {hidden_note(detail.owner)}")
     tail = jobs.log_tail(context_of(request), detail.id, lines)
-    return JSONResponse({"job_id": tail.job_id, "attempt": tail.attempt, "lines": tail.lines})
+    return json_document({"job_id": tail.job_id, "attempt": tail.attempt, "lines": tail.lines})
 
 
 routes: list[BaseRoute] = [

@@ -28,9 +28,9 @@ from orchestra.cli import jsonout, tables
 from orchestra.cli.listing import shown
 from orchestra.services.context import Context
 from orchestra.services.status import Activity, StatusReport, activity, status
-from orchestra.web.app import context_of
+from orchestra.web.app import context_of, json_document
 from orchestra.web.live import stream
-from orchestra.web.queue_pages import json_response, text_param
+from orchestra.web.params import text_param
 from orchestra.web.render import fragment, page
 
 LIVE_URL = "/live/overview"
@@ -109,14 +109,14 @@ def overview_live(request: Request) -> Response:
 
 def status_api(request: Request) -> Response:
     """`orchestra status --json`."""
-    return json_response(jsonout.status_report(status(context_of(request))))
+    return json_document(jsonout.status_report(status(context_of(request))))
 
 
 def usage_api(request: Request) -> Response:
     """`maestro usage --json [-u USER]`."""
     from orchestra.services.usage import usage_report
 
-    return json_response(jsonout.usage_report(usage_report(context_of(request), text_param(request, "user"))))
+    return json_document(jsonout.usage_report(usage_report(context_of(request), text_param(request, "user"))))
 
 
 routes: list[BaseRoute] = [

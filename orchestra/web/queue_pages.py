@@ -22,49 +22,13 @@ from orchestra.cli import jsonout, tables
 from orchestra.cli.listing import NUMBER, Listing, shown
 from orchestra.errors import OrchestraError
 from orchestra.web.app import context_of, json_document
+from orchestra.web.params import flag_param, int_param, text_param
 from orchestra.web.render import page
 
 PAGE_ROWS = 100  # rows of the report per page
 DEFAULT_LIMIT = 50  # `maestro queue --jobs` default
 MAX_LIMIT = 200  # job rows one request may ask for (each costs an index probe and a row of HTML)
 NARROW = 5  # columns of this CLI priority and less important are hidden on a phone
-
-
-# ---------------------------------------------------------------------------------------- request input
-def text_param(request: Request, name: str) -> str | None:
-    """A filter's value, or None when absent or blank (an empty form field means "any")."""
-    value = request.query_params.get(name, "").strip()
-    return value or None
-
-
-def flag_param(request: Request, name: str) -> bool:
-    value = request.query_params.get(name, "").strip().lower()
-    if value in ("", "0", "false", "off", "no"):
-        return False
-    if value in ("1", "true", "on", "yes"):
-        return True
-    raise OrchestraError(f"{name}={value!r} is not a yes/no value; use {name}=1 or leave it out")
-
-
-def int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
-    """A whole number in [low, high], or a one-line refusal naming the range."""
-    raw = request.query_params.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        span = f"{low}..{high}" if high is not None else f"{low} or more"
-        raise OrchestraError(f"{name}={raw!r} is not a whole number in {span}; use e.g. {name}={default}")
-    return value
-
-
-def json_response(data: Any) -> Response:
-    """The document exactly as the CLI's `--json` prints it (orchestra/cli/common.py print_json):
-    the same encoder rules, compact (see `app.json_document`)."""
-    return json_document(data)
 
 
 # ---------------------------------------------------------------------------------------- the data
@@ -117,7 +81,7 @@ def queue_page(request: Request) -> Response:
 def queue_api(request: Request) -> Response:
     """`maestro queue --json [-u USER] [-t TASK] [--jobs] [--limit N]`."""
     query = QueueQuery(request)
-    return json_response(jsonout.plain(query.report(request)))
+    return json_document(jsonout.plain(query.report(request)))
 
 
 routes: list[BaseRoute] = [

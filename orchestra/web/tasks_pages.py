@@ -13,17 +13,18 @@ import math
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from orchestra.cli import jsonout
-from orchestra.errors import NotFound, OrchestraError
-from orchestra.naming import USER_NAME
+from orchestra.errors import NotFound
 from orchestra.services import dependencies, jobs, task_notes, tasks
 from orchestra.states import JobStatus, TaskStatus
 from orchestra.web.app import context_of, json_document
+from orchestra.web.params import page_number, state_filter, user_filter
 from orchestra.web.live import stream
 from orchestra.web.render import fragment, page
+from orchestra.web.viewer import hidden_note
 
 TASKS_PER_PAGE = 50
 JOBS_PER_PAGE = 200  # `maestro job list`'s default --limit: page 1 of the API is exactly its output
@@ -32,35 +33,6 @@ JOB_STATES = [s.value for s in JobStatus]
 TASK_STATES = [s.value for s in TaskStatus]
 # The progress bar's segments, ended first (left), then live, then pending.
 BAR_ORDER = ("succeeded", "failed", "killed", "running", "starting", "queued", "held")
-
-
-def hidden_note(owner: str) -> str:
-    """What stands in for a private field the viewer may not read, with the two ways to see it
-    (docs/web.md: a reverse proxy that authenticates users, or a dashboard only its owner reaches)."""
-    return f"hidden: sign in as {owner} through the proxy, or set [web] public = true on a private dashboard"
-
-
-def page_number(request: Request) -> int:
-    """`?page=`: 1 by default; anything but a whole number from 1 up is refused in one line."""
-    raw = request.query_params.get("page", "1").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
-        raise OrchestraError(f"page {raw!r} is not a page number; use ?page=1 or more")
-    return int(raw)
-
-
-def state_filter(request: Request, allowed: list[str]) -> str | None:
-    """`?state=`: one of `allowed`, or none (empty: none)."""
-    state = request.query_params.get("state", "").strip() or None
-    if state is not None and state not in allowed:
-        raise OrchestraError(f"state {state!r} is unknown; use one of: {', '.join(allowed)} (or no state filter)")
-    return state
-
-
-def user_filter(request: Request) -> str | None:
-    user = request.query_params.get("user", "").strip() or None
-    if user is not None and not USER_NAME.fullmatch(user):
-        raise OrchestraError(f"user {user!r} is not a user name; give a login name, or no user filter")
-    return user
 
 
 def pages(total: int, per_page: int) -> int:
@@ -153,7 +125,7 @@ def _live_url(request: Request, task_id: int) -> str:
 
 def api_task(request: Request) -> Response:
     """`maestro task show --json` (command and log tails null when hidden)."""
-    return JSONResponse(task_document(request, request.path_params["ref"])[2])
+    return json_document(task_document(request, request.path_params["ref"])[2])
 
 
 def api_task_jobs(request: Request) -> Response:
@@ -161,7 +133,7 @@ def api_task_jobs(request: Request) -> Response:
     number, state = page_number(request), state_filter(request, JOB_STATES)
     found = jobs.job_page(context_of(request), request.path_params["ref"], state, JOBS_PER_PAGE,
                           (number - 1) * JOBS_PER_PAGE)
-    return JSONResponse(jsonout.jobs(found.rows))
+    return json_document(jsonout.jobs(found.rows))
 
 
 def task_fragments(request: Request, task_id: int) -> dict[str, str]:

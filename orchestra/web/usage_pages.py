@@ -24,8 +24,7 @@ from orchestra.cli.jsonout import iso, plain
 from orchestra.errors import OrchestraError
 from orchestra.services.history import OTHERS, Series, series
 from orchestra.web import charts
-from orchestra.web.app import context_of
-from orchestra.web.queue_pages import json_response
+from orchestra.web.app import context_of, json_document
 from orchestra.web.render import page
 
 WINDOWS = {6: "6 hours", 24: "24 hours", 168: "7 days", 720: "30 days"}  # ?hours= -> its label
@@ -98,7 +97,7 @@ def usage_page(request: Request) -> Response:
 
 def usage_history_api(request: Request) -> Response:
     """The usage history of the last `hours` as JSON."""
-    return json_response(document(window(request, hours_param(request))))
+    return json_document(document(window(request, hours_param(request))))
 
 
 routes: list[BaseRoute] = [

@@ -62,3 +62,9 @@ def viewer_for(config: WebConfig, client_host: str | None, header_value: str | N
         if USER_NAME.fullmatch(name):
             user = name
     return Viewer(user=user, admin=user is not None and user in admins, public=config.public)
+
+
+def hidden_note(owner: str) -> str:
+    """What stands in for a private field the viewer may not read, with the two ways to see it
+    (docs/web.md: a reverse proxy that authenticates users, or a dashboard only its owner reaches)."""
+    return f"hidden: sign in as {owner} through the proxy, or set [web] public = true on a private dashboard"
