@@ -162,11 +162,13 @@ def _keyed(path: str) -> dict[str, int]:
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
 
 
-def _mkdir(path: str) -> None:
+def _mkdir(path: str) -> bool:
+    """mkdir, an existing directory being fine; True when this call made it."""
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
-        pass
+        return False
+    return True
 
 
 def _rmdirs(paths: Iterable[str]) -> None:
@@ -243,17 +245,23 @@ class CgroupV1:
     def prepare(self, name: str, *, pids_max: int | None, memory_max: int | None) -> list[str]:
         """mkdir the attempt in each hierarchy and set its limits; on any failure undo and raise.
 
-        Limits are written even when None ("max", -1) so a group left from before gets no stale
-        limit. Without a memory hierarchy `memory_max` cannot be enforced (see `kind`).
+        Every cgroup operation takes the kernel's global cgroup lock, which forks on the whole
+        machine also wait for (issue 18), so `prepare` makes only what the attempt needs: no memory
+        group without a memory limit (as Slurm's task/cgroup without ConstrainRAMSpace; the job's
+        memory is then counted, and limited, where the scheduler's own is), and a new group's
+        defaults (THAWED, no limit) are not written again. A group left from before gets every
+        value written, so it keeps no stale state. Without a memory hierarchy `memory_max` cannot
+        be enforced (see `kind`).
         """
-        dirs = {c: self._dir(c, name) for c in self.bases}
+        dirs = {c: self._dir(c, name) for c in self.bases if c != "memory" or memory_max is not None}
         try:
-            for path in dirs.values():
-                _mkdir(path)
-            _write(f"{dirs['freezer']}/freezer.state", "THAWED")  # a kill cut short may have left it FROZEN
-            _write(f"{dirs['pids']}/pids.max", "max" if pids_max is None else str(int(pids_max)))
+            made = {c: _mkdir(path) for c, path in dirs.items()}
+            if not made["freezer"]:  # a kill cut short may have left it FROZEN
+                _write(f"{dirs['freezer']}/freezer.state", "THAWED")
+            if pids_max is not None or not made["pids"]:
+                _write(f"{dirs['pids']}/pids.max", "max" if pids_max is None else str(int(pids_max)))
             if "memory" in dirs:
-                _write(f"{dirs['memory']}/memory.limit_in_bytes", "-1" if memory_max is None else str(int(memory_max)))
+                _write(f"{dirs['memory']}/memory.limit_in_bytes", str(int(memory_max)))  # type: ignore[arg-type]
         except BaseException:
             try:
                 _rmdirs(dirs.values())
@@ -346,10 +354,12 @@ class CgroupV2:
 
     def prepare(self, name: str, *, pids_max: int | None, memory_max: int | None) -> list[str]:
         path = self._dir(name)
-        _mkdir(path)
-        try:
-            _write(f"{path}/pids.max", "max" if pids_max is None else str(int(pids_max)))
-            _write(f"{path}/memory.max", "max" if memory_max is None else str(int(memory_max)))
+        made = _mkdir(path)
+        try:  # a new group's defaults ("max") are not written again (see CgroupV1.prepare)
+            if pids_max is not None or not made:
+                _write(f"{path}/pids.max", "max" if pids_max is None else str(int(pids_max)))
+            if memory_max is not None or not made:
+                _write(f"{path}/memory.max", "max" if memory_max is None else str(int(memory_max)))
         except BaseException:
             try:
                 os.rmdir(path)

@@ -59,9 +59,15 @@ log = logging.getLogger("orchestra.local")
 # second shell); its output directory usually exists already (`LocalBackend._make_output_dir`), so
 # `mkdir -p` runs only when it does not. A job run as its owner goes through `setpriv`, whose shell
 # makes its directories as the owner.
+#
+# The supervisor joins the attempt's groups (one `echo $$` per hierarchy) and stays in them: it
+# waits until it is the last process listed in the first one (the job's leftovers are gone), then
+# exits, which empties the groups for `Containment.remove`. Moving a process between cgroups takes
+# the kernel's global cgroup locks (every fork on the machine waits for them), so a job makes as
+# few moves as it can: leaving the groups before the wait was one more move per hierarchy.
 WRAPPER = r"""
-st=$_ORC_STATE; join=$_ORC_JOIN; leave=$_ORC_LEAVE; runas=$_ORC_RUNAS
-unset _ORC_STATE _ORC_JOIN _ORC_LEAVE _ORC_RUNAS
+st=$_ORC_STATE; join=$_ORC_JOIN; runas=$_ORC_RUNAS
+unset _ORC_STATE _ORC_JOIN _ORC_RUNAS
 trap : TERM INT HUP
 for f in $join; do echo $$ > "$f" || exit 126; done
 echo $$ > "$st/pid"
@@ -74,9 +80,13 @@ exec /bin/sh -c "$ORCHESTRA_COMMAND") </dev/null
 fi
 rc=$?
 if [ -n "$join" ]; then
-  for f in $leave; do echo $$ > "$f"; done
   set -- $join
-  while read -r _ < "$1"; do sleep 0.05; done
+  while :; do
+    left=
+    while read -r p; do [ "$p" = $$ ] || { left=1; break; }; done 2>/dev/null < "$1"
+    [ -z "$left" ] && break
+    sleep 0.05
+  done
 fi
 [ -d "$st" ] || mkdir -p "$st"
 echo $rc > "$st/exit"
@@ -289,7 +299,6 @@ class LocalBackend:
                 ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command, ORCHESTRA_TASK=spec.task_name,
                 ORCHESTRA_JOB=str(spec.job_index), ORCHESTRA_ATTEMPT=str(spec.attempt), ORCHESTRA_USER=spec.user,
                 _ORC_STATE=str(state), _ORC_JOIN=" ".join(join), _ORC_RUNAS=runas,
-                _ORC_LEAVE=" ".join(str(Path(f).parents[3] / "cgroup.procs") for f in join),
             )
             try:
                 log_fd = open_in(folder, "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, shown=state / "log")

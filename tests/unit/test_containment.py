@@ -19,6 +19,7 @@ import pytest
 
 from orchestra.backends import containment
 from orchestra.backends.containment import CgroupV1, CgroupV2, Containment, ProcessGroup, detect, parse_quantity
+from orchestra.backends.local import WRAPPER, job_environment
 
 JOIN = 'for f in "$@"; do echo $$ > "$f" || exit 125; done; '
 
@@ -234,6 +235,58 @@ def test_remove_refuses_a_group_with_processes(groups: Groups, procs: Procs) -> 
     with pytest.raises(OSError):
         cg.remove(name)
     assert cg.alive(name)
+
+
+def test_the_supervisor_waits_for_what_the_job_left_behind_then_empties_its_groups(
+        groups: Groups, procs: Procs, tmp_path: Path) -> None:
+    """The local backend's supervisor stays in the attempt's groups (no move back: issue 18) and
+    writes the exit status only once it is the last process there: a daemon the job started (in a
+    session of its own) holds it up; when the daemon ends, the status is written, the supervisor
+    exits and the groups are empty, so they can be removed."""
+    cg = groups.cg
+    name, files = groups.prepare()
+    state, go, late = tmp_path / "state", tmp_path / "go", tmp_path / "late"
+    state.mkdir()
+    command = f"setsid sh -c 'while [ ! -e {go} ]; do sleep 0.01; done; echo late > {late}' & exit 4"
+    env = job_environment(os.environ, home=str(tmp_path), user="test")
+    env.update(ORCHESTRA_OUTPUT=str(tmp_path / "out"), ORCHESTRA_COMMAND=command, _ORC_STATE=str(state),
+               _ORC_JOIN=" ".join(files), _ORC_RUNAS="")
+    supervisor = subprocess.Popen(["/bin/sh", "-c", WRAPPER], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  env=env, start_new_session=True)
+    procs.started.append(supervisor)  # type: ignore[arg-type]
+
+    def waiting() -> bool:  # the job is gone and the supervisor sleeps in its wait loop
+        return any(cmdline(p) == "sleep 0.05" and _ppid(p) == supervisor.pid for p in cg.pids(name))
+
+    wait_until(waiting, what="the supervisor to wait for the job's daemon")
+    assert not (state / "exit").exists() and supervisor.poll() is None
+    assert supervisor.pid in cg.pids(name)  # it stayed in its groups
+    go.touch()
+    assert supervisor.wait(timeout=10) == 4
+    assert (state / "exit").read_text() == "4\n" and late.read_text() == "late\n"
+    wait_until(lambda: not cg.alive(name) and cg.pids(name) == [], what="the groups to empty")
+    cg.remove(name)
+    assert not any(os.path.exists(f) for f in files)
+
+
+def test_no_memory_group_without_a_memory_limit(groups: Groups) -> None:
+    """A group per hierarchy costs kernel time on every launch: the memory one is made only for a
+    limit (a v1 host; v2 has one group for every controller)."""
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1) or "memory" not in cg.bases:
+        pytest.skip(f"no writable v1 memory hierarchy here ({cg.kind})")
+    _, plain = groups.prepare()
+    _, limited = groups.prepare(memory_max=parse_quantity("64Mi"))
+    assert [f for f in plain if f.startswith(cg.bases["memory"])] == []
+    assert [f for f in limited if f.startswith(cg.bases["memory"])] != []
+    assert Path(plain[0]).parent.joinpath("freezer.state").read_text().strip() == "THAWED"
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_names_cannot_reach_outside(groups: Groups) -> None:

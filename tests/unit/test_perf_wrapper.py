@@ -16,7 +16,7 @@ def run_wrapper(tmp_path: Path, command: str, output: Path) -> tuple[int, Path]:
     state.mkdir()
     env = job_environment(os.environ, home=str(tmp_path), user="test")
     env.update(ORCHESTRA_OUTPUT=str(output), ORCHESTRA_COMMAND=command, _ORC_STATE=str(state), _ORC_JOIN="",
-               _ORC_RUNAS="", _ORC_LEAVE="")
+               _ORC_RUNAS="")
     lock = os.open(state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     log = os.open(state / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
