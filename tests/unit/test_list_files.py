@@ -1,0 +1,55 @@
+"""datasets.list_files: the job order of a dataset is the sorted order of its files' whole paths,
+whatever the directory layout, with each size beside its path."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestra.services.datasets import list_files, walk_files
+
+
+def make(root: Path, files: dict[str, int]) -> None:
+    for name, size in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+
+
+def test_one_directory_sorted_with_sizes(tmp_path: Path) -> None:
+    make(tmp_path, {f"f{i:03d}": i for i in (5, 1, 42, 0, 7)})
+    paths, sizes = list_files(tmp_path)
+    assert paths == [str(tmp_path / f"f{i:03d}") for i in (0, 1, 5, 7, 42)]
+    assert sizes == [0, 1, 5, 7, 42]
+
+
+def test_nested_directories_sort_by_whole_path_not_by_directory(tmp_path: Path) -> None:
+    # As strings "a-b" < "a.c" < "a/sub/z" < "a/x" < "a0" ('-' 0x2d, '.' 0x2e, '/' 0x2f, '0' 0x30),
+    # while sorting each directory's entries would put the directory "a" first: the job order is
+    # the plain sort of the whole paths.
+    files = {"a/y": 3, "a/x": 2, "a-b": 1, "a.c": 4, "a0": 5, "a/sub/z": 6, "b": 7}
+    make(tmp_path, files)
+    paths, sizes = list_files(tmp_path)
+    expected = sorted(str(tmp_path / name) for name in files)
+    assert paths == expected
+    assert sizes == [files[os.path.relpath(p, tmp_path)] for p in expected]
+    assert list(walk_files(tmp_path)) == list(zip(paths, sizes))
+
+
+def test_links_are_followed_and_a_loop_is_named(tmp_path: Path) -> None:
+    make(tmp_path / "data", {"one": 1})
+    (tmp_path / "data" / "two").symlink_to(tmp_path / "elsewhere")
+    make(tmp_path / "elsewhere", {"x": 2})
+    paths, sizes = list_files(tmp_path / "data")
+    assert paths == [str(tmp_path / "data" / "one"), str(tmp_path / "data" / "two" / "x")] and sizes == [1, 2]
+    (tmp_path / "data" / "loop").symlink_to(tmp_path / "data")
+    with pytest.raises(OSError) as caught:
+        list_files(tmp_path / "data")
+    assert caught.value.errno == errno.ELOOP and caught.value.filename == str(tmp_path / "data" / "loop")
+
+
+def test_empty_directory_lists_nothing(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    assert list_files(tmp_path) == ([], [])
