@@ -247,7 +247,8 @@ def test_the_supervisor_waits_for_what_the_job_left_behind_then_empties_its_grou
     name, files = groups.prepare()
     state, go, late = tmp_path / "state", tmp_path / "go", tmp_path / "late"
     state.mkdir()
-    command = f"setsid sh -c 'while [ ! -e {go} ]; do sleep 0.01; done; echo late > {late}' & exit 4"
+    command = (f'echo "[$st$join$runas$f]" > {tmp_path}/vars; '  # none of the supervisor's variables
+               f"setsid sh -c 'while [ ! -e {go} ]; do sleep 0.01; done; echo late > {late}' & exit 4")
     env = job_environment(os.environ, home=str(tmp_path), user="test")
     env.update(ORCHESTRA_OUTPUT=str(tmp_path / "out"), ORCHESTRA_COMMAND=command, _ORC_STATE=str(state),
                _ORC_JOIN=" ".join(files), _ORC_RUNAS="")
@@ -264,6 +265,7 @@ def test_the_supervisor_waits_for_what_the_job_left_behind_then_empties_its_grou
     go.touch()
     assert supervisor.wait(timeout=10) == 4
     assert (state / "exit").read_text() == "4\n" and late.read_text() == "late\n"
+    assert (tmp_path / "vars").read_text() == "[]\n"
     wait_until(lambda: not cg.alive(name) and cg.pids(name) == [], what="the groups to empty")
     cg.remove(name)
     assert not any(os.path.exists(f) for f in files)

@@ -31,18 +31,20 @@ def run_wrapper(tmp_path: Path, command: str, output: Path) -> tuple[int, Path]:
 
 def test_the_wrapper_records_pid_and_status_in_place(tmp_path: Path) -> None:
     output = tmp_path / "out" / "job_000000"
-    code, state = run_wrapper(tmp_path, 'echo "$$" > pid.job; pwd; exit 3', output)
+    job = 'read -r me _ < /proc/self/stat; echo "$me" > pid.job; echo "$$" > dollar.job; pwd; exit 3'
+    code, state = run_wrapper(tmp_path, job, output)
     assert code == 3
     assert (state / "exit").read_text() == "3\n"
     pid = int((state / "pid").read_text())
     assert pid > 0 and pid != int((output / "pid.job").read_text())  # the job is a process of its own
+    assert int((output / "dollar.job").read_text()) == pid  # a subshell's $$ is its parent's (documented)
     assert sorted(p.name for p in state.iterdir()) == ["exit", "lock", "log", "pid"]  # no *.tmp
     assert (state / "log").read_text().strip() == str(output)  # it ran in its output directory
     assert stat.S_IMODE(output.stat().st_mode) == 0o750 and stat.S_IMODE(output.parent.stat().st_mode) == 0o750
 
 
 def test_the_job_sees_none_of_the_wrappers_variables(tmp_path: Path) -> None:
-    code, state = run_wrapper(tmp_path, 'env | grep -c "^_ORC_" ; echo "[$st$join$runas$rc]"', tmp_path / "o")
+    code, state = run_wrapper(tmp_path, 'env | grep -c "^_ORC_" ; echo "[$st$join$runas$rc$f$p$left]"', tmp_path / "o")
     assert code == 0
     assert (state / "log").read_text().split() == ["0", "[]"]
 
