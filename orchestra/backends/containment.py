@@ -35,9 +35,11 @@ every running attempt in every scheduler pass.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal as _signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -231,16 +233,79 @@ class CgroupV1:
     """
 
     strong = True
+    SPARES_MAX = 256  # ended attempts' empty groups kept, renamed, for the next attempts
 
     def __init__(self, *, freezer: str, pids: str, memory: str | None = None) -> None:
-        """Each argument is the directory under which attempts' groups are made (it exists)."""
+        """Each argument is the directory under which attempts' groups are made (it exists).
+
+        Spare groups (`spare-*`) a scheduler left there when it stopped are removed: only groups
+        this object emptied itself are reused (see `remove`)."""
         self.bases: dict[str, str] = {"freezer": freezer, "pids": pids}
         if memory is not None:
             self.bases["memory"] = memory
         self.kind = "cgroup v1 (" + ", ".join(c for c in ("pids", "memory", "freezer") if c in self.bases) + ")"
+        self._lock = threading.Lock()  # launches prepare groups from several threads
+        self._spares: list[tuple[str, int | None]] = []  # (name, its pids.max) of empty, thawed groups
+        self._limits: dict[str, int | None] = {}  # pids.max of the groups prepared here, by attempt
+        self._killed: set[str] = set()  # attempts `kill` froze: never reused (a failed thaw)
+        self._made = 0
+        self.drain(leftovers=True)
 
     def _dir(self, controller: str, name: str) -> str:
         return f"{self.bases[controller]}/{_check_name(name)}"
+
+    def _reuse(self, name: str, pids_max: int | None) -> bool:
+        """Rename a spare group to the attempt's name in both hierarchies, True when done.
+
+        Issue 18: a cgroup mkdir and rmdir each take the kernel's cgroup mutex for a while (making
+        and freeing every controller's state, then the kernel's deferred frees), which the other
+        launches and the supervisors joining their groups wait for; a rename takes it briefly. A
+        spare is an ended attempt's group, emptied and thawed, with its pids.max known."""
+        with self._lock:
+            if not self._spares:
+                return False
+            spare, limit = self._spares.pop()
+        done: list[str] = []
+        try:
+            for controller in ("freezer", "pids"):
+                os.rename(f"{self.bases[controller]}/{spare}", self._dir(controller, name))
+                done.append(controller)
+            if limit != pids_max:
+                _write(f"{self._dir('pids', name)}/pids.max", "max" if pids_max is None else str(int(pids_max)))
+        except OSError:  # e.g. a group of that name exists (an earlier scheduler's): made the usual way
+            for controller in done:
+                try:
+                    os.rename(self._dir(controller, name), f"{self.bases[controller]}/{spare}")
+                except OSError:
+                    pass
+            self._forget_spare(spare)
+            return False
+        return True
+
+    def _forget_spare(self, spare: str) -> None:
+        try:
+            _rmdirs(f"{self.bases[c]}/{spare}" for c in ("freezer", "pids"))
+        except OSError:
+            pass
+
+    def drain(self, leftovers: bool = False) -> None:
+        """Remove the spare groups (at the end, so the installation's groups can go too); with
+        `leftovers`, also those an earlier scheduler left under the same bases."""
+        with self._lock:
+            spares = [spare for spare, _ in self._spares]
+            self._spares.clear()
+        if leftovers:
+            for controller in ("freezer", "pids"):
+                try:
+                    spares += [n for n in os.listdir(self.bases[controller]) if n.startswith("spare-")]
+                except OSError:
+                    pass
+        for spare in set(spares):
+            for controller in ("freezer", "pids"):
+                try:
+                    os.rmdir(f"{self.bases[controller]}/{spare}")
+                except OSError:
+                    pass
 
     def prepare(self, name: str, *, pids_max: int | None, memory_max: int | None) -> list[str]:
         """mkdir the attempt in each hierarchy and set its limits; on any failure undo and raise.
@@ -254,13 +319,16 @@ class CgroupV1:
         be enforced (see `kind`).
         """
         dirs = {c: self._dir(c, name) for c in self.bases if c != "memory" or memory_max is not None}
+        reused = self._reuse(name, pids_max)
         try:
-            made = {c: _mkdir(path) for c, path in dirs.items()}
-            if not made["freezer"]:  # a kill cut short may have left it FROZEN
-                _write(f"{dirs['freezer']}/freezer.state", "THAWED")
-            if pids_max is not None or not made["pids"]:
-                _write(f"{dirs['pids']}/pids.max", "max" if pids_max is None else str(int(pids_max)))
+            if not reused:
+                made = {c: _mkdir(dirs[c]) for c in ("freezer", "pids")}
+                if not made["freezer"]:  # a kill cut short may have left it FROZEN
+                    _write(f"{dirs['freezer']}/freezer.state", "THAWED")
+                if pids_max is not None or not made["pids"]:
+                    _write(f"{dirs['pids']}/pids.max", "max" if pids_max is None else str(int(pids_max)))
             if "memory" in dirs:
+                _mkdir(dirs["memory"])
                 _write(f"{dirs['memory']}/memory.limit_in_bytes", str(int(memory_max)))  # type: ignore[arg-type]
         except BaseException:
             try:
@@ -268,6 +336,9 @@ class CgroupV1:
             except OSError:
                 pass
             raise
+        with self._lock:
+            self._limits[name] = pids_max
+            self._killed.discard(name)
         return [f"{path}/cgroup.procs" for path in dirs.values()]
 
     def pids(self, name: str) -> list[int]:
@@ -297,6 +368,8 @@ class CgroupV1:
         """
         base = self._dir("freezer", name)
         state = f"{base}/freezer.state"
+        with self._lock:
+            self._killed.add(name)
         try:
             _write(state, "FROZEN")
         except FileNotFoundError:
@@ -328,7 +401,39 @@ class CgroupV1:
             return False
 
     def remove(self, name: str) -> None:
-        """rmdir each group; EBUSY (processes left) is raised, a gone group is fine."""
+        """rmdir each group; EBUSY (processes left) is raised, a gone group is fine.
+
+        The freezer and pids groups of an attempt prepared here and never frozen are kept as a
+        spare instead (renamed `spare-*`, up to SPARES_MAX), once both are empty: a rename keeps no
+        process in, and nobody joins an ended attempt's group (only its supervisor did, and only
+        root may write its `cgroup.procs`)."""
+        with self._lock:
+            limit = self._limits.pop(name, ...)
+            reusable = limit is not ... and name not in self._killed and len(self._spares) < self.SPARES_MAX
+            self._killed.discard(name)
+            if reusable:
+                self._made += 1
+                spare = f"spare-{os.getpid()}-{self._made}"
+        if reusable:
+            if any(_procs(f"{self._dir(c, name)}/cgroup.procs") for c in ("freezer", "pids")):
+                with self._lock:
+                    self._limits[name] = limit  # type: ignore[assignment]
+                raise OSError(errno.EBUSY, "processes left in the group", self._dir("freezer", name))
+            try:
+                os.rename(self._dir("freezer", name), f"{self.bases['freezer']}/{spare}")
+                try:
+                    os.rename(self._dir("pids", name), f"{self.bases['pids']}/{spare}")
+                except OSError:
+                    os.rename(f"{self.bases['freezer']}/{spare}", self._dir("freezer", name))
+                    raise
+            except OSError:
+                pass  # removed the usual way below
+            else:
+                with self._lock:
+                    self._spares.append((spare, limit))  # type: ignore[arg-type]
+                if "memory" in self.bases:
+                    _rmdirs([self._dir("memory", name)])
+                return
         _rmdirs(self._dir(c, name) for c in self.bases)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import getpass
 import logging
 import os
 import signal
@@ -222,6 +223,9 @@ class LocalBackend:
         self._adopted_running = 0  # running attempts, at the last survey, that are not our children
         self._launchers: ThreadPoolExecutor | None = None  # made at the first launch of several jobs
         self._adopt_lock = threading.Lock()  # launches run in several threads
+        # The scheduler's own user name, for jobs run as its account: looked up once (getuser reads
+        # the account database when USER and LOGNAME are unset, ~0.2 ms a launch here, issue 18).
+        self._own_name = _own_user_name() if self.run_as == "scheduler" else ""
 
     def describe(self) -> str:
         """The start-up line: how jobs run and how they are contained."""
@@ -250,9 +254,7 @@ class LocalBackend:
         """(setpriv prefix, HOME, user name, the owner's (uid, gid) or None) for the job: its
         owner's account, or the scheduler's own (None: nothing to switch to or chown for)."""
         if self.run_as == "scheduler":
-            import getpass
-
-            return "", os.environ.get("HOME", "/"), getpass.getuser(), None
+            return "", os.environ.get("HOME", "/"), self._own_name, None
         from orchestra.security.accounts import owner_account
 
         owner = owner_account(self.settings, spec.user)
@@ -530,6 +532,9 @@ class LocalBackend:
             self._launchers.shutdown(wait=True)
             self._launchers = None
         self.reap()
+        drain = getattr(self.containment, "drain", None)  # spare groups kept for reuse (cgroup v1)
+        if drain is not None:
+            drain()
         for base in getattr(self.containment, "bases", {}).values():  # this installation's parent groups
             try:
                 os.rmdir(base)  # only when empty: attempts still running keep theirs
@@ -550,6 +555,15 @@ def _make_output_dir(path: str) -> None:
         os.chmod(path, 0o750)  # the scheduler's umask may take more than the wrapper's 027
     except OSError:
         pass
+
+
+def _own_user_name() -> str:
+    """USER / LOGNAME, else the account database's name for our uid, else the uid itself (a
+    container may run us under a uid without an account)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.geteuid())
 
 
 def _close(fd: int) -> None:

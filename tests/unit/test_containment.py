@@ -106,6 +106,9 @@ class Groups:
             self.cg.kill(name)
             wait_until(lambda: not self.cg.alive(name), what=f"{name} to die at cleanup")
             self.cg.remove(name)
+        drain = getattr(self.cg, "drain", None)
+        if drain is not None:
+            drain()
         for base in getattr(self.cg, "bases", {}).values():
             for path in (base, os.path.dirname(base)):  # installation, then root_name if no one else uses it
                 try:
@@ -282,6 +285,71 @@ def test_no_memory_group_without_a_memory_limit(groups: Groups) -> None:
     assert [f for f in plain if f.startswith(cg.bases["memory"])] == []
     assert [f for f in limited if f.startswith(cg.bases["memory"])] != []
     assert Path(plain[0]).parent.joinpath("freezer.state").read_text().strip() == "THAWED"
+
+
+def _spares(cg: CgroupV1) -> dict[str, list[str]]:
+    return {c: sorted(n for n in os.listdir(cg.bases[c]) if n.startswith("spare-")) for c in ("freezer", "pids")}
+
+
+def test_an_ended_attempts_groups_are_reused_renamed_not_remade(groups: Groups, procs: Procs) -> None:
+    """Issue 18: an emptied group is kept as a spare and renamed for the next attempt (a cgroup
+    mkdir/rmdir holds the kernel's cgroup mutex far longer than a rename). The reused group is
+    empty, thawed, and gets the new attempt's pids.max; nothing of the old name is left."""
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1):
+        pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
+    first, files = groups.prepare(pids_max=20)
+    procs.sh("exit 0", files).wait(timeout=10)
+    wait_until(lambda: not cg.alive(first), what="the first attempt to end")
+    inode = os.stat(Path(files[0]).parent).st_ino
+    cg.remove(first)
+    assert not os.path.exists(Path(files[0]).parent)
+    assert [len(v) for v in _spares(cg).values()] == [1, 1]
+    second, again = groups.prepare(pids_max=30)
+    assert os.stat(Path(again[0]).parent).st_ino == inode  # the same group, renamed
+    assert _spares(cg) == {"freezer": [], "pids": []}
+    assert Path(again[1]).parent.joinpath("pids.max").read_text().strip() == "30"
+    assert Path(again[0]).parent.joinpath("freezer.state").read_text().strip() == "THAWED"
+    assert cg.pids(second) == []
+    shell = procs.sh("exec sleep 300", again)
+    wait_until(lambda: cg.pids(second) == [shell.pid], what="the second attempt to join")
+
+
+def test_a_killed_or_busy_group_is_never_a_spare(groups: Groups, procs: Procs) -> None:
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1):
+        pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
+    busy, files = groups.prepare()
+    shell = procs.sh("exec sleep 300", files)
+    wait_until(lambda: cg.alive(busy), what="the join")
+    with pytest.raises(OSError):
+        cg.remove(busy)  # processes left: refused, as rmdir refuses
+    assert _spares(cg) == {"freezer": [], "pids": []} and cg.pids(busy) == [shell.pid]
+    cg.kill(busy)
+    shell.wait(timeout=10)
+    wait_until(lambda: not cg.alive(busy), what="the killed group to empty")
+    cg.remove(busy)  # frozen once: removed, not kept (its thaw might have failed)
+    assert _spares(cg) == {"freezer": [], "pids": []}
+    assert not os.path.exists(Path(files[0]).parent) and not os.path.exists(Path(files[1]).parent)
+
+
+def test_spares_are_drained_and_a_new_scheduler_removes_old_ones(groups: Groups, procs: Procs) -> None:
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1):
+        pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
+    names = [groups.prepare()[0] for _ in range(3)]
+    for name in names:
+        cg.remove(name)
+    assert [len(v) for v in _spares(cg).values()] == [3, 3]
+    successor = CgroupV1(freezer=cg.bases["freezer"], pids=cg.bases["pids"], memory=cg.bases.get("memory"))
+    assert _spares(successor) == {"freezer": [], "pids": []}  # an earlier scheduler's: removed at start
+    groups.cg = successor
+    name, files = groups.prepare()  # nothing to reuse: made the usual way
+    cg.drain()  # the first object's list is stale now: its drain is harmless
+    assert os.path.isdir(Path(files[0]).parent)
+    successor.remove(name)
+    successor.drain()
+    assert _spares(successor) == {"freezer": [], "pids": []}
 
 
 def _ppid(pid: int) -> int | None:
