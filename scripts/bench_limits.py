@@ -10,6 +10,8 @@ what this machine can do at best, measured the same minute. Three kinds of limit
   leaves out, and Orchestra pays on top: the state directory checks, the storage probe, the job's
   output directory (here it exists already; Orchestra makes it before the spawn), cgroups
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
+  The same with the cgroups (prepared, joined, removed, as for an attempt) is measured too and
+  shown beside it, not judged: what containment itself costs on this machine.
 - raw set-based UPDATE: one Core statement that marks 1,000 queued job rows running (what the
   cycle's record step does, without its bookkeeping), committed; the mean of a few.
 - raw cycle writes: the row changes of one scheduler cycle's write steps (1,000 ends recorded,
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text, update
 
+from orchestra.backends.containment import Containment
 from orchestra.backends.local import WRAPPER, job_environment
 from orchestra.db.engine import is_sqlite, make_engine
 from orchestra.db.models import Job
@@ -49,25 +52,40 @@ class _Launcher:
         self.env = job_environment(os.environ, home=os.environ.get("HOME", "/"), user="bench")
         self.env.update(ORCHESTRA_OUTPUT=str(self.output), ORCHESTRA_COMMAND=":", ORCHESTRA_TASK="bench.limits",
                         ORCHESTRA_JOB="0", ORCHESTRA_ATTEMPT="1", ORCHESTRA_USER="bench",
-                        _ORC_STATE=str(self.state), _ORC_JOIN="", _ORC_RUNAS="", _ORC_LEAVE="")
+                        _ORC_STATE=str(self.state), _ORC_JOIN="", _ORC_RUNAS="")
         self.lock = os.open(self.state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.log = os.open(self.state / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def spawn(self) -> None:
+    def spawn(self, containment: Containment | None = None, name: str = "") -> None:
+        """One spawn, waited for; with `containment`, inside groups of its own made before and
+        removed after, as the local backend does for an attempt."""
+        if containment is not None:
+            self.env["_ORC_JOIN"] = " ".join(containment.prepare(name, pids_max=512, memory_max=None))
         child = subprocess.Popen(["/bin/sh", "-c", WRAPPER], stdin=self.lock, stdout=self.log,
                                  stderr=subprocess.STDOUT, env=self.env, start_new_session=True, close_fds=True)
         if child.wait() != 0:
             raise RuntimeError(f"the wrapper around ':' exited {child.returncode}: see {self.state / 'log'}")
+        if containment is not None:
+            for _ in range(10_000):  # the wrapper exited: its groups empty at once, or very soon
+                try:
+                    containment.remove(name)
+                    break
+                except OSError:
+                    time.sleep(0.0001)
 
     def close(self) -> None:
         os.close(self.log)
         os.close(self.lock)
 
 
-def spawn_rate(spawns: int, threads: int) -> dict:
+def spawn_rate(spawns: int, threads: int, containment: Containment | None = None) -> dict:
     """Wrapper runs around `:` per second, start to end, with `threads` launchers each spawning
-    and waiting in turn (1: serially; one per core: what parallel slots can get at best)."""
+    and waiting in turn (1: serially; one per core: what parallel slots can get at best).
+
+    With `containment` (shown beside the judged limit, not judged itself): each run in cgroups of
+    its own, prepared before and removed after, as the local backend contains an attempt: what
+    containment costs on this machine."""
     with tempfile.TemporaryDirectory(prefix="orchestra-bench-spawn-") as root:
         launchers = [_Launcher(Path(root) / str(i)) for i in range(threads)]
         try:
@@ -77,8 +95,8 @@ def spawn_rate(spawns: int, threads: int) -> dict:
 
             def run(launcher: _Launcher, count: int) -> None:
                 try:
-                    for _ in range(count):
-                        launcher.spawn()
+                    for n in range(count):
+                        launcher.spawn(containment, f"limit-{id(launcher)}-{n}")
                 except BaseException as exc:  # re-raised below, in the caller's thread
                     errors.append(exc)
 
