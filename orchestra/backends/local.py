@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import getpass
 import logging
 import os
@@ -226,6 +227,8 @@ class LocalBackend:
         # The scheduler's own user name, for jobs run as its account: looked up once (getuser reads
         # the account database when USER and LOGNAME are unset, ~0.2 ms a launch here, issue 18).
         self._own_name = _own_user_name() if self.run_as == "scheduler" else ""
+        self._state_root = state_root(self.cluster.storage, self.installation)
+        self._base_env: dict[tuple[str, str], dict[str, str]] = {}  # job_environment by (home, user)
 
     def describe(self) -> str:
         """The start-up line: how jobs run and how they are contained."""
@@ -234,7 +237,7 @@ class LocalBackend:
         return f"local jobs run {who}, contained by {self.containment.kind}{strength}"
 
     def state_dir(self, name: str) -> Path:
-        return state_root(self.cluster.storage, self.installation) / name
+        return self._state_root / name
 
     def launch(self, specs: Sequence[LaunchSpec]) -> list[Launched]:
         """Start the attempts, several at once (issue 18): a launch mostly waits on the kernel
@@ -267,6 +270,7 @@ class LocalBackend:
         """State directory, lock and log are made in the scheduler's own directory without
         following a link; the supervisor then starts with the lock as its stdin."""
         state = self.state_dir(spec.backend_name)
+        shown = str(state)  # in messages; the files are reached through `folder`, never by path
         try:
             runas, home, user, owner_ids = self._account(spec)
         except OrchestraError as exc:  # no account to run it as: no attempt of this task can run
@@ -274,7 +278,7 @@ class LocalBackend:
         folder = fd = log_fd = -1
         try:
             folder = open_dir(state, self.cluster.storage, create=True)
-            fd = open_in(folder, "lock", os.O_CREAT | os.O_RDWR, 0o644, shown=state / "lock")
+            fd = open_in(folder, "lock", os.O_CREAT | os.O_RDWR, 0o644, shown=f"{shown}/lock")
         except UntrustedPath as exc:
             _close(folder)
             return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc}")
@@ -286,7 +290,7 @@ class LocalBackend:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return self._adopt(spec.backend_name, state)  # already running: adopt
-            if os.path.lexists(state / "exit") or os.path.lexists(state / "pid"):
+            if _exists_in(folder, "exit") or _exists_in(folder, "pid"):
                 return self._adopt(spec.backend_name, state)  # ran before: never run it twice
             try:
                 self._probe_storage(folder, state)
@@ -297,18 +301,21 @@ class LocalBackend:
             try:
                 join = self.containment.prepare(
                     spec.backend_name, pids_max=self.settings.scheduler.max_job_pids or None,
-                    memory_max=parse_quantity(spec.queue.memory) if spec.queue.memory else None)
+                    memory_max=_memory_bytes(spec.queue.memory) if spec.queue.memory else None)
             except OSError as exc:
                 return self._refused(spec.backend_name, exc, "cannot contain the job", storage_io=False)
             self._prepare_owner_dir(spec, owner_ids)
-            env = job_environment(os.environ, home=home, user=user)
+            base = self._base_env.get((home, user))
+            if base is None:  # the scheduler's environment does not change while it runs
+                base = self._base_env[(home, user)] = job_environment(os.environ, home=home, user=user)
+            env = dict(base)
             env.update(
                 ORCHESTRA_OUTPUT=spec.output_dir, ORCHESTRA_COMMAND=spec.command, ORCHESTRA_TASK=spec.task_name,
                 ORCHESTRA_JOB=str(spec.job_index), ORCHESTRA_ATTEMPT=str(spec.attempt), ORCHESTRA_USER=spec.user,
-                _ORC_STATE=str(state), _ORC_JOIN=" ".join(join), _ORC_RUNAS=runas,
+                _ORC_STATE=shown, _ORC_JOIN=" ".join(join), _ORC_RUNAS=runas,
             )
             try:
-                log_fd = open_in(folder, "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, shown=state / "log")
+                log_fd = open_in(folder, "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, shown=f"{shown}/log")
                 if owner_ids is not None:
                     os.fchown(log_fd, *owner_ids)  # the owner reads it; nobody else
             except UntrustedPath as exc:
@@ -353,7 +360,7 @@ class LocalBackend:
         """Write a few bytes in the attempt's state directory (who launched it, when): a full, over
         quota or read-only storage refuses them here, before the job runs, and not later, when its
         supervisor could not record its pid and exit status (the job would run, then be lost)."""
-        fd = open_in(folder, "launched", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, shown=state / "launched")
+        fd = open_in(folder, "launched", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, shown=f"{state}/launched")
         try:
             os.write(fd, f"{self.host} {os.getpid()} {time.time():.3f}\n".encode())
         finally:
@@ -555,6 +562,21 @@ def _make_output_dir(path: str) -> None:
         os.chmod(path, 0o750)  # the scheduler's umask may take more than the wrapper's 027
     except OSError:
         pass
+
+
+@functools.lru_cache(maxsize=64)
+def _memory_bytes(quantity: str) -> int:
+    """A queue's memory in bytes, parsed once per distinct string (every launch asks)."""
+    return parse_quantity(quantity)
+
+
+def _exists_in(folder: int, name: str) -> bool:
+    """lexists of `name` in the directory `folder` (no path walk, no link followed)."""
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _own_user_name() -> str:
