@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from orchestra.backends.containment import detect  # noqa: E402
+from orchestra.backends.containment import detect, discard  # noqa: E402
 from orchestra.config import load_settings  # noqa: E402
 from orchestra.db.engine import connect, make_engine, upgrade  # noqa: E402
 from orchestra.db.models import Dataset, DatasetFile, Job, Task  # noqa: E402
@@ -417,13 +417,7 @@ def spawn_limits(quick: bool) -> dict[str, dict]:
             try:
                 SPAWN_LIMITS["contained"] = bench_limits.spawn_rate(serial * cores, cores, groups)
             finally:
-                getattr(groups, "drain", lambda: None)()
-                for base in getattr(groups, "bases", {}).values():
-                    for path in (base, os.path.dirname(base)):
-                        try:
-                            os.rmdir(path)
-                        except OSError:
-                            pass
+                discard(groups)
     return SPAWN_LIMITS
 
 

@@ -731,6 +731,21 @@ def _try_v1(mounts: list[_Mount], groups: Mapping[str, str], parts: list[str]) -
     return CgroupV1(freezer=bases["freezer"], pids=bases["pids"], memory=bases.get("memory"))
 
 
+def discard(groups: Containment) -> None:
+    """Undo what `detect` made, as far as nothing uses it: the spare groups, then the installation's
+    group and its `root_name` group in each hierarchy, each removed only when empty (rmdir refuses
+    a group with processes or children). For tools and tests that detect a containment of their own."""
+    drain = getattr(groups, "drain", None)
+    if drain is not None:
+        drain()
+    for base in getattr(groups, "bases", {}).values():
+        for path in (base, os.path.dirname(base)):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
 def detect(root_name: str = "orchestra", installation: str = "", *,
            mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/self/cgroup") -> Containment:
     """The best containment this host offers us: cgroup v2, then v1, then process groups.

@@ -107,15 +107,7 @@ class Groups:
             self.cg.kill(name)
             wait_until(lambda: not self.cg.alive(name), what=f"{name} to die at cleanup")
             self.cg.remove(name)
-        drain = getattr(self.cg, "drain", None)
-        if drain is not None:
-            drain()
-        for base in getattr(self.cg, "bases", {}).values():
-            for path in (base, os.path.dirname(base)):  # installation, then root_name if no one else uses it
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+        containment.discard(self.cg)  # spares, installation, then root_name if no one else uses it
 
 
 @pytest.fixture
@@ -507,12 +499,17 @@ def test_detect_here_says_what_it_chose() -> None:
         assert cg.kind.startswith(("cgroup v2", "cgroup v1 (", "process group"))
         assert cg.strong == (cg.kind != "process group")
     finally:
-        for base in cg.bases.values():
-            for path in (base, os.path.dirname(base)):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+        containment.discard(cg)
+
+
+def test_discard_removes_spares_and_the_groups_detect_made(groups: Groups, procs: Procs) -> None:
+    cg = groups.cg
+    name, files = groups.prepare()
+    procs.sh("exit 0", files).wait(timeout=10)
+    wait_until(lambda: not cg.alive(name), what="the attempt to end")
+    cg.remove(name)  # a spare on cgroup v1
+    containment.discard(cg)
+    assert not any(os.path.exists(base) for base in cg.bases.values())
 
 
 _AUDITED: list[str] | None = None  # the calls a test records (an audit hook cannot be removed)
