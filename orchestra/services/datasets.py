@@ -63,7 +63,7 @@ def list_files(root: Path) -> tuple[list[str], list[int]]:
                     stack.append((entry.path, above | {key}))
                 elif entry.is_file(follow_symlinks=True):
                     names.append(entry.name)
-        names.sort()  # one directory's files in order: with one directory, the whole listing is
+        names.sort()  # with a single directory, the whole listing is now in order
         # A file's size by its name relative to its directory's descriptor: the kernel walks one
         # component instead of the whole path (a 100,000-file directory: ~10 % of the walk).
         folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
