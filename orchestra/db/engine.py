@@ -227,8 +227,17 @@ def _missing_table(exc: Exception) -> bool:
     return "no such table" in message or "does not exist" in message and "relation" in message
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every pending migration (Alembic), on the engine's own connection."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every pending migration up to `revision` (Alembic), on the engine's own connection."""
+    _migrate(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo migrations down to `revision` (the tests of each migration's way back)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, way: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -236,7 +245,7 @@ def upgrade(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        getattr(command, way)(cfg, revision)
 
 
 def connect(url: str, *, auto_upgrade: bool | None = None) -> Engine:

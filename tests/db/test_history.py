@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from orchestra.db.engine import HEAD_REVISION, MIGRATIONS, current_revision, make_engine
+from orchestra.db.engine import HEAD_REVISION, current_revision, downgrade, make_engine, upgrade
 from orchestra.db.models import UsageHistory, UsageRollup, User
 from orchestra.scheduler.cycle import CycleReport, backend_name
 from orchestra.services import history, retention
@@ -350,18 +348,12 @@ def test_the_totals_tile_the_window_with_the_coarsest_buckets() -> None:
 # ---------------------------------------------------------------------------------------- the schema
 def test_migration_0011_goes_down_and_up(db_url: str) -> None:
     engine = make_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0010")
+    downgrade(engine, "0010")
     assert not {"usage_history", "usage_rollup"} & set(inspect(engine).get_table_names())
     if engine.dialect.name == "postgresql":  # made by another database's migration (the template): kept
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = 'orchestra_readers'")).scalar()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    upgrade(engine)
     assert current_revision(engine) == HEAD_REVISION
     assert "ix_usage_history_at" in {i["name"] for i in inspect(engine).get_indexes("usage_history")}
     assert {"ix_usage_rollup_level_bucket_user", "ix_usage_rollup_totals"} <= {

@@ -61,8 +61,6 @@ def test_rewritten_tables_leave_room_for_hot_updates(db_url: str) -> None:
 def test_an_install_at_0001_with_data_upgrades_to_head(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Migrations 0002+ on a database that holds rows: PostgreSQL refuses to run until `orchestra db
     upgrade` (one line saying so), SQLite upgrades itself; the rows survive either way."""
-    from alembic import command
-
     admin = None
     if db_url.startswith("sqlite"):
         db_url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -74,11 +72,8 @@ def test_an_install_at_0001_with_data_upgrades_to_head(db_url: str, tmp_path) ->
             conn.execute(text(f"CREATE DATABASE {name}"))
         db_url = url.set(database=name).render_as_string(hide_password=False)
     engine = make_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    upgrade(engine, "0001")
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
         conn.execute(text("INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('ann', 1, 5, 0, 0)"))
     if engine.dialect.name == "postgresql":
         with pytest.raises(OrchestraError, match=r"schema is at revision 0001, this Orchestra needs "
