@@ -308,6 +308,32 @@ def test_an_ended_attempts_groups_are_reused_renamed_not_remade(groups: Groups, 
     wait_until(lambda: cg.pids(second) == [shell.pid], what="the second attempt to join")
 
 
+def test_a_job_as_another_user_cannot_enter_or_change_a_spare_or_an_attempts_group(
+        groups: Groups, procs: Procs) -> None:
+    """The wrong user: a job runs as its owner (setpriv, here `nobody`), and spare groups outlive
+    the attempt that made them. Neither a spare's nor a live attempt's `cgroup.procs` or `pids.max`
+    can be written by it: it can neither join another attempt (and be killed, or counted, with it)
+    nor leave its own, nor lift a limit; the spare is reused unchanged."""
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1):
+        pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
+    ended, files = groups.prepare(pids_max=20)
+    procs.sh("exit 0", files).wait(timeout=10)
+    wait_until(lambda: not cg.alive(ended), what="the attempt to end")
+    cg.remove(ended)
+    [spare] = _spares(cg)["pids"]
+    live, live_files = groups.prepare(pids_max=30)
+    targets = [f"{cg.bases[c]}/{spare}/cgroup.procs" for c in ("freezer", "pids")] + live_files + [
+        f"{cg.bases['pids']}/{spare}/pids.max", f"{Path(live_files[1]).parent}/pids.max"]
+    script = "; ".join(f"echo $$ > {t} 2>/dev/null && echo wrote {t}" for t in targets) + "; exit 0"
+    tried = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                            script], capture_output=True, text=True, timeout=10)
+    assert tried.returncode == 0 and "wrote" not in tried.stdout, tried.stdout
+    assert cg.pids(live) == [] and Path(live_files[1]).parent.joinpath("pids.max").read_text().strip() == "30"
+    reused, again = groups.prepare(pids_max=20)  # the spare, as it was
+    assert cg.pids(reused) == [] and Path(again[1]).parent.joinpath("pids.max").read_text().strip() == "20"
+
+
 def test_a_killed_or_busy_group_is_never_a_spare(groups: Groups, procs: Procs) -> None:
     cg = groups.cg
     if not isinstance(cg, CgroupV1):
