@@ -205,6 +205,16 @@ class Ending:
     final: bool = False  # fails the job at once, whatever its retries (e.g. its owner has no account)
 
 
+class _Ack(NamedTuple):
+    """A launch the backend accepted, not yet recorded as running (`Scheduler.defer_acks`)."""
+
+    job_id: int
+    host: str | None
+    pid: int | None
+    pid_start: int | None
+    started_at: float
+
+
 @dataclass
 class _Observed:
     """What a survey of the live attempts found, before any of it is written."""
@@ -236,6 +246,17 @@ class Scheduler:
         self._kills_seen_until: float | None = None  # `_mail_direct_kills` looked at kills up to here
         self._sqlite = is_sqlite(ctx.engine)
         self._sql = _Statements(self._sqlite)
+        # Acknowledgements deferred (issue 18). The service loop sets `defer_acks`: a launch's
+        # answer (running, pid, start) is then written by the scheduler's next fenced transaction
+        # (the next pass's, usually milliseconds later at turnover, merged into the attempt's end
+        # when it ended meanwhile), or by `write_acks` when the loop would wait (loop.ACK_DELAY),
+        # instead of a transaction of its own after every launch: a lease renewal, two updates
+        # and a commit saved per pass. Until then the attempt reads `starting` in the database,
+        # exactly the state a scheduler killed between a launch and its record leaves, which the
+        # next survey confirms (the backend knows it): deferring opens no new failure case.
+        self.defer_acks = False
+        self._unacked: dict[str, _Ack] = {}  # by backend name
+        self._acks_in_tx: set[str] = set()  # written by the open transaction: forgotten once it commits
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -269,11 +290,49 @@ class Scheduler:
             backend.close()
 
     @contextmanager
-    def tx(self) -> Iterator[Session]:
-        """A fenced transaction: it renews the lease and aborts if another scheduler holds it."""
-        with Session(self.ctx.engine, expire_on_commit=False) as session, session.begin():
-            self.lease.guard(session)
-            yield session
+    def tx(self, acks: bool = True) -> Iterator[Session]:
+        """A fenced transaction: it renews the lease and aborts if another scheduler holds it.
+
+        It writes the deferred acknowledgements first (`acks`; the record of a survey passes
+        False and writes them itself, merged into the ends it records): whatever the transaction
+        then reads or decides sees the attempts as running. They are forgotten only once it
+        commits; a transaction that fails leaves them to the next."""
+        self._acks_in_tx = set()
+        try:
+            with Session(self.ctx.engine, expire_on_commit=False) as session, session.begin():
+                self.lease.guard(session)
+                if acks:
+                    self._write_acks(session)
+                yield session
+            for name in self._acks_in_tx:
+                self._unacked.pop(name, None)
+        finally:
+            self._acks_in_tx = set()
+
+    def write_acks(self) -> None:
+        """Write the deferred acknowledgements now (the loop, before it waits or stops)."""
+        if self._unacked:
+            with self.tx():
+                pass
+
+    @property
+    def unacked(self) -> int:
+        """How many accepted launches are not recorded as running yet."""
+        return len(self._unacked)
+
+    def _write_acks(self, session: Session, report: CycleReport | None = None) -> None:
+        """Record the deferred launches not written in this transaction yet as running."""
+        pending = [(name, ack) for name, ack in self._unacked.items() if name not in self._acks_in_tx]
+        if not pending:
+            return
+        attempt_rows = [{"backend_name": name, "host": a.host, "pid": a.pid, "pid_start": a.pid_start,
+                         "started_at": a.started_at} for name, a in pending]
+        job_rows = [{"id": a.job_id, "started_at": a.started_at} for _, a in pending]
+        with (report or CycleReport()).writing():
+            bulk_update(session, ATTEMPTS, attempt_rows, key="backend_name", where=[_ATTEMPT_STARTING],
+                        fixed={"status": AttemptStatus.RUNNING.value})
+            bulk_update(session, JOBS, job_rows, where=[_JOB_STARTING], fixed={"status": JobStatus.RUNNING.value})
+        self._acks_in_tx.update(name for name, _ in pending)
 
     # ------------------------------------------------------------------ the cycle
     def cycle(self, full: bool = True) -> CycleReport:
@@ -303,7 +362,7 @@ class Scheduler:
                 report.seconds = time.perf_counter() - started
                 return report
             with report.step("reconcile"):
-                with self.tx() as session:
+                with self.tx(acks=False) as session:
                     self._record_observed(session, seen, report, full)
                 self._release_ended(seen, report)
         else:
@@ -327,7 +386,7 @@ class Scheduler:
         states they decide are moved and the freed slots' attempts are recorded, all committed
         before any backend call that depends on them (the release of the ended attempts, the
         launches); the launches' answers are recorded in a second one, as in a full cycle."""
-        with report.step("dispatch"), self.tx() as session:
+        with report.step("dispatch"), self.tx(acks=False) as session:
             self._record_observed(session, seen, report, False)
             self._advance(session, report)
             now = self.clock()
@@ -364,7 +423,7 @@ class Scheduler:
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
         """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
         seen = self._observe(report)
-        with self.tx() as session:
+        with self.tx(acks=False) as session:
             self._record_observed(session, seen, report, full)
         self._release_ended(seen, report)
 
@@ -379,6 +438,8 @@ class Scheduler:
         `stopping`) are the ones any holder sends again."""
         with Session(self.ctx.engine) as session, session.begin():
             live = self.live_attempts(session)
+        if self._unacked:  # launched, their record deferred: as they will be recorded
+            live = [self._as_acknowledged(a) for a in live]
         now = self.clock()
         by_cluster: dict[str, list[LiveAttempt]] = defaultdict(list)
         for attempt in live:
@@ -428,11 +489,21 @@ class Scheduler:
             self._kill(timed_out + stopping)  # returns at once; the attempts end when their processes do
         return _Observed(now, live, list(by_cluster), endings, confirmed, waiting, strangers)
 
+    def _as_acknowledged(self, attempt: LiveAttempt) -> LiveAttempt:
+        ack = self._unacked.get(attempt.backend_name)
+        if ack is None or attempt.status != AttemptStatus.STARTING.value:
+            return attempt
+        return attempt._replace(status=AttemptStatus.RUNNING.value, pid=ack.pid, pid_start=ack.pid_start,
+                                started_at=ack.started_at)
+
     def _record_observed(self, session: Session, seen: _Observed, report: CycleReport, full: bool) -> None:
+        """The survey's findings, in a transaction opened with `tx(acks=False)`: the deferred
+        acknowledgements of attempts that ended are part of their end's update; the others follow."""
         with report.writing():
             self._confirm(session, seen.confirmed, seen.now)
             self._note_waiting(session, seen.waiting)
-        self._record_endings(session, seen.endings, report)
+        self._record_endings(session, seen.endings, report, merge_acks=True)
+        self._write_acks(session, report)
         self._charge_usage(session, seen.live, seen.endings, seen.now, everyone=full, report=report)
 
     def _release_ended(self, seen: _Observed, report: CycleReport) -> None:
@@ -483,16 +554,30 @@ class Scheduler:
         bulk_update(session, ATTEMPTS, [{"id": a.id} for a in noted], fixed={"reason": None})
         bulk_update(session, JOBS, [{"id": a.job_id} for a in noted], fixed={"reason": None})
 
-    def _record_endings(self, session: Session, endings: Sequence[Ending], report: CycleReport) -> None:
-        """Attempts end; their jobs succeed, fail, or go back to the queue for another attempt."""
+    def _record_endings(self, session: Session, endings: Sequence[Ending], report: CycleReport,
+                        merge_acks: bool = False) -> None:
+        """Attempts end; their jobs succeed, fail, or go back to the queue for another attempt.
+
+        `merge_acks`: an attempt whose launch is not recorded yet (`defer_acks`) gets its host, pid
+        and start in the same update as its end (one row write instead of two)."""
         if not endings:
             return
+        acks = {e.attempt.backend_name: self._unacked[e.attempt.backend_name] for e in endings
+                if e.attempt.backend_name in self._unacked and e.attempt.backend_name not in self._acks_in_tx} \
+            if merge_acks and self._unacked else {}
         # An ended attempt's charge is settled up to its end here (see `_charge_usage`): one write per attempt.
-        attempt_rows = [{"id": e.attempt.id, "status": e.status.value, "exit_code": e.exit_code,
-                         "reason": e.reason, "ended_at": e.ended_at, "charged_until": e.ended_at} for e in endings]
+        attempt_rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}  # by "with its launch's record"
+        for e in endings:
+            row = {"id": e.attempt.id, "status": e.status.value, "exit_code": e.exit_code,
+                   "reason": e.reason, "ended_at": e.ended_at, "charged_until": e.ended_at}
+            ack = acks.get(e.attempt.backend_name)
+            if ack is not None:
+                row.update(host=ack.host, pid=ack.pid, pid_start=ack.pid_start, started_at=ack.started_at)
+            attempt_rows[ack is not None].append(row)
         with report.writing():
-            bulk_update(session, ATTEMPTS, attempt_rows)
-        job_rows = []
+            for rows in attempt_rows.values():
+                bulk_update(session, ATTEMPTS, rows)
+        job_rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         requeued: Counter[int] = Counter()
         for e in endings:
             a = e.attempt
@@ -516,14 +601,20 @@ class Scheduler:
                 requeued[a.task_id] += 1
             report.ended[(a.cluster, a.queue, e.status.value)] += 1
             report.counts[f"{'retried' if status == JobStatus.QUEUED else status.value}"] += 1
-            job_rows.append({
+            row = {
                 "id": a.job_id, "status": status.value, "failures": failures, "exit_code": e.exit_code,
                 "reason": e.reason, "ended_at": None if status == JobStatus.QUEUED else e.ended_at,
                 "queued_at": e.ended_at,
-            })
+            }
+            ack = acks.get(a.backend_name)
+            if ack is not None:
+                row["started_at"] = ack.started_at
+            job_rows[ack is not None].append(row)
         with report.writing():
-            bulk_update(session, JOBS, job_rows)
+            for rows in job_rows.values():
+                bulk_update(session, JOBS, rows)
             self._add_queued(session, requeued)
+        self._acks_in_tx.update(acks)
 
     @staticmethod
     def _add_queued(session: Session, deltas: Counter[int]) -> None:
@@ -867,6 +958,9 @@ class Scheduler:
         is not the job's fault: the job goes back to the queue uncharged (`_put_back`) and its queue
         is held until a probe launch succeeds (scheduler/holds.py); a launch that succeeds in a held
         queue clears its hold. Returns the backend names put back (the caller releases them).
+
+        The accepted launches' record (running, host, pid, start) is written here, or, with
+        `defer_acks` and nothing else to write, by the next fenced transaction.
         """
         now = self.clock()
         ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
@@ -884,9 +978,15 @@ class Scheduler:
         for s, l in infra:
             failing.setdefault((s.cluster.name, s.queue.name), l.error)
         started = {(s.cluster.name, s.queue.name) for s, _ in ok} & set(self.holds)
+        if not accepted_only:
+            self._unacked.update((s.backend_name, _Ack(s.job_id, l.host, l.pid, l.pid_start, l.started_at or now))
+                                 for s, l in ok)
+        plain = not (infra or refused or failing or started)  # only launches that started, in no held queue
+        if plain and (self.defer_acks or not self._unacked):
+            return []  # nothing else to write: the acknowledgements wait for the next transaction
         outcome = None
-        with self.tx() as session:
-            if ok and not (infra or refused or failing or started) and not self._sqlite:
+        with self.tx(acks=False) as session:
+            if plain and not self._sqlite:
                 # Only launches that started (issue 18): their record need not wait for the WAL
                 # flush on PostgreSQL (an fsync, ~1 ms here, at every short pass). Nothing waits on
                 # it: if the server itself crashed before flushing it, the attempts would stay
@@ -898,15 +998,7 @@ class Scheduler:
                 self._put_back(session, infra, report)
             if failing or started:
                 outcome = holds.record(session, failing, started, now)
-            if ok and not accepted_only:
-                attempt_rows = [{"backend_name": s.backend_name, "host": l.host, "pid": l.pid,
-                                 "pid_start": l.pid_start, "started_at": l.started_at or now} for s, l in ok]
-                job_rows = [{"id": s.job_id, "started_at": l.started_at or now} for s, l in ok]
-                with report.writing():
-                    bulk_update(session, ATTEMPTS, attempt_rows, key="backend_name", where=[_ATTEMPT_STARTING],
-                                fixed={"status": AttemptStatus.RUNNING.value})
-                    bulk_update(session, JOBS, job_rows, where=[_JOB_STARTING],
-                                fixed={"status": JobStatus.RUNNING.value})
+            self._write_acks(session, report)
             if refused:
                 live = {a.backend_name: a for a in self.live_attempts(session, list({s.task_id for s, _ in refused}))}
                 endings = [Ending(live[s.backend_name], AttemptStatus.FAILED, None, l.error, now, final=l.final)

@@ -47,6 +47,9 @@ from orchestra.states import FINAL_TASK, LIVE_ATTEMPT, TaskStatus
 
 log = logging.getLogger("orchestra.scheduler")
 OUTAGE_MAX_WAIT = 60.0  # seconds between tries while a backend stays unavailable
+# Seconds a launch's record (running, pid) may wait for the next pass's transaction before the loop
+# writes it alone (`Scheduler.defer_acks`): at turnover the next pass comes first and carries it.
+ACK_DELAY = 0.1
 
 
 @dataclass
@@ -357,6 +360,41 @@ def wait_beating(waker: Waker, seconds: float, heartbeat: Heartbeat) -> str:
         heartbeat.beat()
 
 
+def wait_acknowledging(waker: Waker, seconds: float, heartbeat: Heartbeat, scheduler: Scheduler,
+                       then: Callable[[], None] | None = None) -> str:
+    """`wait_beating`, which first writes the launches' deferred records if no event came within
+    ACK_DELAY: a job that runs on is shown running (with its pid) at most that late. `then` runs
+    after they are written (the metrics' gauges, refreshed to show them)."""
+    if not scheduler.unacked or seconds <= ACK_DELAY:
+        return wait_beating(waker, seconds, heartbeat)
+    deadline = time.monotonic() + seconds
+    woke = wait_beating(waker, ACK_DELAY, heartbeat)
+    if woke != "interval":
+        return woke  # the pass this event starts writes them
+    write_acks(scheduler)
+    if then is not None:
+        then()
+    return wait_beating(waker, max(0.0, deadline - time.monotonic()), heartbeat)
+
+
+def refresh_metrics(ctx: Context, metrics: Metrics, scheduler: Scheduler) -> None:
+    try:
+        metrics.refresh(ctx, scheduler.holds)
+    except DBAPIError as exc:  # the gauges stay as they were: the next cycle says why
+        log.warning("metrics not refreshed: %s", faults.describe(exc))
+
+
+def write_acks(scheduler: Scheduler) -> None:
+    """The deferred launch records, now; a database outage leaves them to the next pass's
+    transaction (the cycle reports the outage), a lost lease ends the loop as in a cycle."""
+    try:
+        scheduler.write_acks()
+    except DBAPIError as exc:
+        if not faults.is_outage(exc):
+            raise
+        log.warning("launch records not written yet: %s", faults.describe(exc))
+
+
 def _unavailable_cluster(ctx: Context, exc: Exception) -> str:
     """The cluster a BackendUnavailable came from: only remote backends raise it, so with one such
     cluster it is that one (the exception itself does not say)."""
@@ -368,6 +406,7 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
     """The service loop; returns the process exit code. With `metrics`, each cycle's report feeds
     them and their gauges are refreshed after it (orchestra/metrics.py)."""
     scheduler = Scheduler(ctx)
+    scheduler.defer_acks = True  # written by the next pass, or before the loop waits or stops
     interval = options.interval if options.interval is not None else ctx.settings.scheduler.interval
     waker = Waker(ctx, ctx.settings.scheduler.poll_interval)
     waker.install_signals()
@@ -431,11 +470,6 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
             history.add(report)
             if metrics is not None:
                 metrics.record(report)
-                if metrics.due(full):
-                    try:
-                        metrics.refresh(ctx, scheduler.holds)
-                    except DBAPIError as exc:  # the gauges stay as they were: the next cycle says why
-                        log.warning("metrics not refreshed: %s", faults.describe(exc))
             if full:
                 cycles += 1
                 next_full = time.monotonic() + interval
@@ -452,6 +486,10 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
             heartbeat.beat(full=full)  # at most one write per second for short passes
             if postman is not None and (full or tasks_ended):
                 postman.nudge()  # mails of tasks that ended (and retries due) go now, beside the cycles
+            if metrics is not None and metrics.due(full):
+                # After the pass's other writes: any fenced transaction (heartbeat, history) also
+                # writes the launches' deferred records, which the gauges then show.
+                refresh_metrics(ctx, metrics, scheduler)
             if options.once or (options.max_cycles and cycles >= options.max_cycles):
                 break
             if options.until_idle and (idle := idle_summary(ctx)) is not None:
@@ -467,7 +505,9 @@ def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, 
             owed = metrics.refresh_in() if metrics is not None else None
             if owed is not None:
                 wait = min(wait, owed)  # a short pass then, and the refresh it skipped
-            woke = wait_beating(waker, wait, heartbeat)
+            woke = wait_acknowledging(waker, wait, heartbeat, scheduler,
+                                      then=None if metrics is None else lambda: refresh_metrics(ctx, metrics, scheduler))
+        write_acks(scheduler)
         passes.flush(say)
         if history.pending:  # starts of the short passes since the last full cycle: not lost at a stop
             history.write(scheduler.tx, scheduler.clock())
