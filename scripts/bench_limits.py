@@ -10,8 +10,9 @@ what this machine can do at best, measured the same minute. Three kinds of limit
   leaves out, and Orchestra pays on top: the state directory checks, the storage probe, the job's
   output directory (here it exists already; Orchestra makes it before the spawn), cgroups
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
-  The same with the cgroups (prepared, joined, removed, as for an attempt) is measured too and
-  shown beside it, not judged: what containment itself costs on this machine.
+  The same with the cgroups (prepared, joined, removed, as for an attempt of a queue with the
+  default memory limit) is measured too and shown beside it, not judged: what containment itself
+  costs on this machine.
 - raw set-based UPDATE: one Core statement that marks 1,000 queued job rows running (what the
   cycle's record step does, without its bookkeeping), committed; the mean of a few.
 - raw cycle writes: the row changes of one scheduler cycle's write steps (1,000 ends recorded,
@@ -34,10 +35,13 @@ from pathlib import Path
 
 from sqlalchemy import select, text, update
 
-from orchestra.backends.containment import Containment
+from orchestra.backends.containment import Containment, parse_quantity
+from orchestra.config import QueueConfig
 from orchestra.backends.local import WRAPPER, job_environment
 from orchestra.db.engine import is_sqlite, make_engine
 from orchestra.db.models import Job
+
+DEFAULT_MEMORY = parse_quantity(QueueConfig.memory)  # a queue's memory limit unless configured
 
 
 class _Launcher:
@@ -61,7 +65,7 @@ class _Launcher:
         """One spawn, waited for; with `containment`, inside groups of its own made before and
         removed after, as the local backend does for an attempt."""
         if containment is not None:
-            self.env["_ORC_JOIN"] = " ".join(containment.prepare(name, pids_max=512, memory_max=None))
+            self.env["_ORC_JOIN"] = " ".join(containment.prepare(name, pids_max=512, memory_max=DEFAULT_MEMORY))
         child = subprocess.Popen(["/bin/sh", "-c", WRAPPER], stdin=self.lock, stdout=self.log,
                                  stderr=subprocess.STDOUT, env=self.env, start_new_session=True, close_fds=True)
         if child.wait() != 0:

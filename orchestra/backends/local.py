@@ -408,8 +408,9 @@ class LocalBackend:
             if seen.phase == Phase.RUNNING and item.backend_name not in self._children:
                 self._adopted_running += 1
             elif seen.phase != Phase.RUNNING:
+                # Its groups go at `release`, once its end is recorded (the scheduler releases
+                # every ended attempt it surveyed): removed here too, they were looked for twice.
                 self._stopping.pop(item.backend_name, None)
-                self._remove_group(item.backend_name)
         for name in list(self._leftover_groups):
             self._remove_group(name)
         return survey
