@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
@@ -75,6 +77,7 @@ _LIVE_ATTEMPTS = (
     .join(TASKS, TASKS.c.id == JOBS.c.task_id)
     .where(ATTEMPTS.c.status.in_([AttemptStatus.STARTING.value, AttemptStatus.RUNNING.value]))
 )
+_LIVE_PREPARED = "orchestra_live_attempts"  # the name `_read_live` prepares it under, per connection
 _SCOUTING_COND = (TASKS.c.status == TaskStatus.SCOUTING.value) & TASKS.c.request.is_(None)
 _BROKEN_COND = (TASKS.c.status == TaskStatus.BROKEN.value) & (TASKS.c.n_queued > 0)
 _DRAINED_COND = (TASKS.c.status == TaskStatus.RUNNING.value) & (TASKS.c.n_queued == 0) & TASKS.c.request.is_(None)
@@ -89,6 +92,10 @@ class _Statements:
     """The per-pass statements that bind a list of ids, built once per scheduler for its dialect."""
 
     def __init__(self, sqlite: bool) -> None:
+        dialect = postgresql.dialect() if not sqlite else sqlite_dialect.dialect()
+        # The live attempts' read, run at every pass, as SQL text for the driver itself (see
+        # `Scheduler._read_live`); on PostgreSQL a statement prepared once per connection.
+        self.live_sql = str(_LIVE_ATTEMPTS.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
         self.task_info = (
             select(TASKS.c.id, TASKS.c.name, TASKS.c.cluster, TASKS.c.queue, TASKS.c.image, TASKS.c.max_time,
                    USERS.c.name.label("user")).join(USERS, USERS.c.id == TASKS.c.owner_id)
@@ -420,6 +427,45 @@ class Scheduler:
             query = query.where(one_of(session, JOBS.c.task_id, task_ids))
         return [LiveAttempt(*row) for row in session.connection().execute(query)]
 
+    def _read_live(self) -> list[LiveAttempt]:
+        """Every live attempt, as `live_attempts` reads them, through the driver directly: the
+        read every pass begins with (issue 18). On PostgreSQL SQLAlchemy's execution and result
+        handling doubled its cost (0.9 against 0.4 ms) and planning its four-table join was half of
+        the rest, so it is a server-side prepared statement, made once per connection (the pool
+        keeps `info` with the connection; a new connection prepares it again). It reads in its
+        own short transaction, like any read of the pass; nothing it reads is written unfenced."""
+        engine = self.ctx.engine
+        error = engine.dialect.loaded_dbapi.Error
+        statement = self._sql.live_sql
+        try:
+            raw = engine.raw_connection()
+        except error as exc:  # the pool's connect raises the driver's own error: wrapped as below
+            raise DBAPIError.instance(None, None, exc, error, dialect=engine.dialect) from exc
+        try:
+            cursor = raw.cursor()
+            try:
+                if not self._sqlite:
+                    if not raw.info.get(_LIVE_PREPARED):
+                        cursor.execute(f"PREPARE {_LIVE_PREPARED} AS {statement}")
+                        raw.info[_LIVE_PREPARED] = True
+                    statement = f"EXECUTE {_LIVE_PREPARED}"
+                cursor.execute(statement)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+            raw.commit()
+        except error as exc:
+            # As SQLAlchemy would raise it (the loop tells outages by DBAPIError), and a connection
+            # the server dropped is not handed out again.
+            gone = engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)
+            if gone:
+                raw.invalidate(exc)
+            raise DBAPIError.instance(statement, None, exc, error, connection_invalidated=gone,
+                                      dialect=engine.dialect) from exc
+        finally:
+            raw.close()  # back to the pool (rolled back there if the commit did not happen)
+        return [LiveAttempt(*row) for row in rows]
+
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
         """Observe every live attempt; record the ended, the lost, the timed out; charge usage."""
         seen = self._observe(report)
@@ -436,8 +482,7 @@ class Scheduler:
         What it learns is written only in fenced transactions, which a scheduler that lost its
         lease cannot commit; the signals it may send meanwhile (to attempts already marked
         `stopping`) are the ones any holder sends again."""
-        with Session(self.ctx.engine) as session, session.begin():
-            live = self.live_attempts(session)
+        live = self._read_live()
         if self._unacked:  # launched, their record deferred: as they will be recorded
             live = [self._as_acknowledged(a) for a in live]
         now = self.clock()

@@ -1,0 +1,101 @@
+"""Issue 18: every pass begins by reading the live attempts, through the driver directly (on
+PostgreSQL a statement prepared once per connection): the same rows as the SQLAlchemy query, a
+connection the pool replaces prepares it again, and a fault is raised as SQLAlchemy's DBAPIError
+(what the loop tells an outage by). On SQLite and PostgreSQL."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from orchestra.backends.null import NullBackend
+from orchestra.scheduler.cycle import LiveAttempt, Scheduler
+from tests.db.conftest import scheduler_on
+from tests.db.test_perf_short_pass import submit
+from tests.helpers import Cli
+
+
+@pytest.fixture
+def sched(env: dict[str, str]) -> Iterator[tuple[Scheduler, NullBackend]]:
+    backend = NullBackend()
+    with scheduler_on(backend) as scheduler:
+        yield scheduler, backend
+
+
+def normal(rows: list[LiveAttempt]) -> list[tuple]:
+    """SQLite returns booleans as 0/1 to the driver, SQLAlchemy as bool."""
+    return sorted(tuple(bool(v) if f == "is_scout" else v for f, v in zip(LiveAttempt._fields, r)) for r in rows)
+
+
+def test_the_drivers_read_is_the_querys_read(cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend]) -> None:
+    scheduler, backend = sched
+    submit(cli, storage, 12)
+    scheduler.cycle()  # 4 running
+    backend.finish(sorted(backend.running)[:1])
+    with scheduler.tx() as session:  # a stopping one and a note, so every column has a value somewhere
+        session.execute(scheduler_stop_one())
+    live = scheduler._read_live()
+    with Session(scheduler.ctx.engine) as session, session.begin():
+        expected = scheduler.live_attempts(session)
+    assert len(live) == 4 and normal(live) == normal(expected)
+    assert {a.stopping for a in live} == {None, "killed by user"}
+
+
+def scheduler_stop_one():  # type: ignore[no-untyped-def]
+    from sqlalchemy import select, update
+
+    from orchestra.db.models import Attempt
+
+    first = select(Attempt.id).order_by(Attempt.id).limit(1).scalar_subquery()
+    return update(Attempt).where(Attempt.id == first).values(stopping="killed by user", reason="waiting for a node")
+
+
+def test_prepared_once_per_connection_and_again_on_a_new_one(
+        cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend], db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's driver caches its statements itself")
+    scheduler, _ = sched
+    submit(cli, storage, 4)
+    scheduler.cycle()
+
+    def prepared() -> int:
+        raw = scheduler.ctx.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = 'orchestra_live_attempts'")
+            return cursor.fetchone()[0]
+        finally:
+            raw.close()
+
+    assert prepared() == 1  # by the cycle's read, on the pooled connection
+    for _ in range(3):  # a second PREPARE of the name would fail: it is made once per connection
+        assert len(scheduler._read_live()) == 4
+    scheduler.ctx.engine.dispose()  # a new connection, where it does not exist yet (EXECUTE would fail)
+    assert prepared() == 0
+    assert len(scheduler._read_live()) == 4 and prepared() == 1
+
+
+def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchemys(
+        cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend], db_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler, _ = sched
+    submit(cli, storage, 4)
+    scheduler.cycle()
+    if not db_url.startswith("sqlite"):
+        raw = scheduler.ctx.engine.raw_connection()
+        pid = raw.dbapi_connection.get_backend_pid()
+        raw.close()
+        other = create_engine(db_url, poolclass=NullPool)  # not the scheduler's pool
+        with other.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        other.dispose()
+        assert len(scheduler._read_live()) == 4  # the pool's ping replaced it; prepared again there
+    monkeypatch.setattr(scheduler._sql, "live_sql", "SELECT * FROM no_such_table")
+    scheduler.ctx.engine.dispose()  # PostgreSQL: a connection where it is not prepared yet
+    with pytest.raises(DBAPIError, match="no_such_table"):
+        scheduler._read_live()
