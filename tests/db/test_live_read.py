@@ -95,7 +95,7 @@ def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchem
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
         other.dispose()
         assert len(scheduler._read_live()) == 4  # the pool's ping replaced it; prepared again there
-    monkeypatch.setattr(scheduler._sql, "live_sql", "SELECT * FROM no_such_table")
+    monkeypatch.setattr(scheduler._sql.live, "sql", "SELECT * FROM no_such_table")
     scheduler.ctx.engine.dispose()  # PostgreSQL: a connection where it is not prepared yet
     with pytest.raises(DBAPIError, match="no_such_table"):
         scheduler._read_live()
