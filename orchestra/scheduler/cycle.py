@@ -31,7 +31,7 @@ from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of, one_of_param
 from orchestra.db.engine import is_sqlite
-from orchestra.db.prepared import PreparedRead
+from orchestra.db.driver_reads import DriverRead
 from orchestra.db.models import Attempt, Installation, Job, Outbox, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.notify import outbox
@@ -91,9 +91,9 @@ class _Statements:
     """The per-pass statements that bind a list of ids, built once per scheduler for its dialect."""
 
     def __init__(self, sqlite: bool) -> None:
-        # The reads every short pass makes, through the driver (orchestra/db/prepared.py).
-        self.live = PreparedRead("orchestra_live_attempts", _LIVE_ATTEMPTS, sqlite)
-        self.to_advance = PreparedRead("orchestra_tasks_to_advance", _TASKS_TO_ADVANCE, sqlite)
+        # The reads every short pass makes, through the driver (orchestra/db/driver_reads.py).
+        self.live = DriverRead(_LIVE_ATTEMPTS, sqlite)
+        self.to_advance = DriverRead(_TASKS_TO_ADVANCE, sqlite)
         self.task_info = (
             select(TASKS.c.id, TASKS.c.name, TASKS.c.cluster, TASKS.c.queue, TASKS.c.image, TASKS.c.max_time,
                    USERS.c.name.label("user")).join(USERS, USERS.c.id == TASKS.c.owner_id)
@@ -433,10 +433,9 @@ class Scheduler:
         return [LiveAttempt(*row) for row in session.connection().execute(query)]
 
     def _read_live(self) -> list[LiveAttempt]:
-        """Every live attempt, as `live_attempts` reads them, through the driver (a prepared
-        statement on PostgreSQL, see orchestra/db/prepared.py): the read every pass begins with,
-        1.1 -> 0.55 ms on PostgreSQL, 0.18 -> 0.03 ms on SQLite. In a short transaction of its
-        own, like any read of the pass; nothing it reads is written unfenced."""
+        """Every live attempt, as `live_attempts` reads them, through the driver (see
+        orchestra/db/driver_reads.py): the read every pass begins with. In a short transaction of
+        its own, like any read of the pass; nothing it reads is written unfenced."""
         engine = self.ctx.engine
         try:
             raw = engine.raw_connection()
