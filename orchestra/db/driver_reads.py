@@ -16,7 +16,7 @@ import contextlib
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Select
@@ -28,6 +28,20 @@ class DriverRead:
     def __init__(self, statement: Select[Any], is_sqlite: bool) -> None:
         dialect = sqlite.dialect() if is_sqlite else postgresql.dialect()
         self.sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+    def read(self, engine: Engine) -> list[tuple[Any, ...]]:
+        """Its rows, in a short transaction of its own on a connection from the engine's pool."""
+        dialect = engine.dialect
+        try:
+            raw = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # the pool's connect raises the driver's own error
+            raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+        try:
+            rows = self.rows(raw, dialect)
+            raw.commit()
+        finally:
+            raw.close()  # back to the pool (rolled back there if the commit did not happen)
+        return rows
 
     def rows(self, raw: PoolProxiedConnection, dialect: Dialect) -> list[tuple[Any, ...]]:
         """Its rows, in the connection's current transaction (the caller commits or not)."""

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import delete, exists, func, select, text, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
@@ -436,16 +435,7 @@ class Scheduler:
         """Every live attempt, as `live_attempts` reads them, through the driver (see
         orchestra/db/driver_reads.py): the read every pass begins with. In a short transaction of
         its own, like any read of the pass; nothing it reads is written unfenced."""
-        engine = self.ctx.engine
-        try:
-            raw = engine.raw_connection()
-        except engine.dialect.loaded_dbapi.Error as exc:  # the pool's connect raises the driver's own error
-            raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, dialect=engine.dialect) from exc
-        try:
-            rows = self._sql.live.rows(raw, engine.dialect)
-            raw.commit()
-        finally:
-            raw.close()  # back to the pool (rolled back there if the commit did not happen)
+        rows = self._sql.live.read(self.ctx.engine)
         return [LiveAttempt(*row) for row in rows]
 
     def reconcile(self, report: CycleReport, full: bool = True) -> None:
