@@ -284,6 +284,14 @@ def _spares(cg: CgroupV1) -> dict[str, list[str]]:
     return {c: sorted(n for n in os.listdir(cg.bases[c]) if n.startswith("spare-")) for c in ("freezer", "pids")}
 
 
+def _ended(groups: Groups, procs: Procs, pids_max: int) -> tuple[str, list[str]]:
+    """An attempt prepared, run to its end (`exit 0`) and waited for; its groups not removed yet."""
+    name, files = groups.prepare(pids_max=pids_max)
+    procs.sh("exit 0", files).wait(timeout=10)
+    wait_until(lambda: not groups.cg.alive(name), what=f"{name} to end")
+    return name, files
+
+
 def test_an_ended_attempts_groups_are_reused_renamed_not_remade(groups: Groups, procs: Procs) -> None:
     """Issue 18: an emptied group is kept as a spare and renamed for the next attempt (a cgroup
     mkdir/rmdir holds the kernel's cgroup mutex far longer than a rename). The reused group is
@@ -291,9 +299,7 @@ def test_an_ended_attempts_groups_are_reused_renamed_not_remade(groups: Groups, 
     cg = groups.cg
     if not isinstance(cg, CgroupV1):
         pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
-    first, files = groups.prepare(pids_max=20)
-    procs.sh("exit 0", files).wait(timeout=10)
-    wait_until(lambda: not cg.alive(first), what="the first attempt to end")
+    first, files = _ended(groups, procs, pids_max=20)
     inode = os.stat(Path(files[0]).parent).st_ino
     cg.remove(first)
     assert not os.path.exists(Path(files[0]).parent)
@@ -317,9 +323,7 @@ def test_a_job_as_another_user_cannot_enter_or_change_a_spare_or_an_attempts_gro
     cg = groups.cg
     if not isinstance(cg, CgroupV1):
         pytest.skip(f"spare groups are a cgroup v1 feature ({cg.kind})")
-    ended, files = groups.prepare(pids_max=20)
-    procs.sh("exit 0", files).wait(timeout=10)
-    wait_until(lambda: not cg.alive(ended), what="the attempt to end")
+    ended, _ = _ended(groups, procs, pids_max=20)
     cg.remove(ended)
     [spare] = _spares(cg)["pids"]
     live, live_files = groups.prepare(pids_max=30)
