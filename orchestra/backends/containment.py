@@ -234,6 +234,12 @@ class CgroupV1:
 
     strong = True
     SPARES_MAX = 256  # ended attempts' empty groups kept, renamed, for the next attempts
+    # A memory group is kept as a spare only while what its ended attempts left charged to it
+    # (page cache of the files they wrote, kernel objects; all reclaimable once its processes are
+    # gone) stays under this: at most this much of the next attempt's limit is taken by reclaimable
+    # leftovers, and a group that reaches it (after ~10-80 trivial attempts here) is removed. A
+    # job that wrote more (most real ones) gets a new group after it.
+    MEMORY_SPARE_MAX_USAGE = 4 << 20
 
     def __init__(self, *, freezer: str, pids: str, memory: str | None = None) -> None:
         """Each argument is the directory under which attempts' groups are made (it exists).
@@ -246,6 +252,8 @@ class CgroupV1:
         self.kind = "cgroup v1 (" + ", ".join(c for c in ("pids", "memory", "freezer") if c in self.bases) + ")"
         self._lock = threading.Lock()  # launches prepare groups from several threads
         self._spares: list[tuple[str, int | None]] = []  # (name, its pids.max) of empty, thawed groups
+        self._memory_spares: list[tuple[str, int]] = []  # (name, its memory.limit_in_bytes) of empty memory groups
+        self._memory_limits: dict[str, int] = {}  # memory.limit_in_bytes of the memory groups prepared here
         self._limits: dict[str, int | None] = {}  # pids.max of the groups prepared here, by attempt
         self._killed: set[str] = set()  # attempts `kill` froze: never reused (a failed thaw)
         self._made = 0
@@ -292,16 +300,17 @@ class CgroupV1:
         """Remove the spare groups (at the end, so the installation's groups can go too); with
         `leftovers`, also those an earlier scheduler left under the same bases."""
         with self._lock:
-            spares = [spare for spare, _ in self._spares]
+            spares = [spare for spare, _ in self._spares] + [spare for spare, _ in self._memory_spares]
             self._spares.clear()
+            self._memory_spares.clear()
         if leftovers:
-            for controller in ("freezer", "pids"):
+            for controller in self.bases:
                 try:
                     spares += [n for n in os.listdir(self.bases[controller]) if n.startswith("spare-")]
                 except OSError:
                     pass
         for spare in set(spares):
-            for controller in ("freezer", "pids"):
+            for controller in self.bases:
                 try:
                     os.rmdir(f"{self.bases[controller]}/{spare}")
                 except OSError:
@@ -328,8 +337,7 @@ class CgroupV1:
                 if pids_max is not None or not made["pids"]:
                     _write(f"{dirs['pids']}/pids.max", "max" if pids_max is None else str(int(pids_max)))
             if "memory" in dirs:
-                _mkdir(dirs["memory"])
-                _write(f"{dirs['memory']}/memory.limit_in_bytes", str(int(memory_max)))  # type: ignore[arg-type]
+                self._prepare_memory(name, dirs["memory"], int(memory_max))  # type: ignore[arg-type]
         except BaseException:
             try:
                 _rmdirs(dirs.values())
@@ -338,8 +346,51 @@ class CgroupV1:
             raise
         with self._lock:
             self._limits[name] = pids_max
+            if "memory" in dirs:
+                self._memory_limits[name] = int(memory_max)  # type: ignore[arg-type]
             self._killed.discard(name)
         return [f"{path}/cgroup.procs" for path in dirs.values()]
+
+    def _prepare_memory(self, name: str, path: str, limit: int) -> None:
+        """The attempt's memory group: a spare renamed (its limit written only if it differs), or
+        a new one. A mkdir, its limit and the later rmdir cost the kernel ~4x a rename here (every
+        memory group creates and removes ~30 control files, and a removed one lingers as long as
+        page cache is charged to it), most of what containing a one-second job costs (issue 18)."""
+        with self._lock:
+            spare = self._memory_spares.pop() if self._memory_spares else None
+        if spare is not None:
+            try:
+                os.rename(f"{self.bases['memory']}/{spare[0]}", path)
+            except OSError:  # e.g. a group of that name exists (an earlier scheduler's)
+                _rmdirs([f"{self.bases['memory']}/{spare[0]}"])
+            else:
+                if spare[1] != limit:
+                    _write(f"{path}/memory.limit_in_bytes", str(limit))
+                return
+        _mkdir(path)
+        _write(f"{path}/memory.limit_in_bytes", str(limit))
+
+    def _spare_memory(self, name: str, limit: int) -> bool:
+        """Keep the ended attempt's memory group as a spare, True when done: only an empty one
+        whose job was never OOM-killed (`oom_killed` reads the counter, which a rename keeps) and
+        whose leftover charge is under MEMORY_SPARE_MAX_USAGE."""
+        path = self._dir("memory", name)
+        try:
+            if _procs(f"{path}/cgroup.procs") or self.oom_killed(name):
+                return False
+            if int(_read(f"{path}/memory.usage_in_bytes", 64)) >= self.MEMORY_SPARE_MAX_USAGE:
+                return False
+            with self._lock:
+                if len(self._memory_spares) >= self.SPARES_MAX:
+                    return False
+                self._made += 1
+                spare = f"spare-{os.getpid()}-{self._made}"
+            os.rename(path, f"{self.bases['memory']}/{spare}")
+        except (OSError, ValueError):
+            return False
+        with self._lock:
+            self._memory_spares.append((spare, limit))
+        return True
 
     def pids(self, name: str) -> list[int]:
         """The union of the attempt's groups (a wrapper cut short may be in only some of them)."""
@@ -406,9 +457,11 @@ class CgroupV1:
         The freezer and pids groups of an attempt prepared here and never frozen are kept as a
         spare instead (renamed `spare-*`, up to SPARES_MAX), once both are empty: a rename keeps no
         process in, and nobody joins an ended attempt's group (only its supervisor did, and only
-        root may write its `cgroup.procs`)."""
+        root may write its `cgroup.procs`). Its memory group too, when nearly empty (see
+        `_spare_memory`)."""
         with self._lock:
             limit = self._limits.pop(name, ...)
+            memory_limit = self._memory_limits.pop(name, None)
             reusable = limit is not ... and name not in self._killed and len(self._spares) < self.SPARES_MAX
             self._killed.discard(name)
             if reusable:
@@ -418,6 +471,8 @@ class CgroupV1:
             if any(_procs(f"{self._dir(c, name)}/cgroup.procs") for c in ("freezer", "pids")):
                 with self._lock:
                     self._limits[name] = limit  # type: ignore[assignment]
+                    if memory_limit is not None:
+                        self._memory_limits[name] = memory_limit
                 raise OSError(errno.EBUSY, "processes left in the group", self._dir("freezer", name))
             try:
                 os.rename(self._dir("freezer", name), f"{self.bases['freezer']}/{spare}")
@@ -431,7 +486,7 @@ class CgroupV1:
             else:
                 with self._lock:
                     self._spares.append((spare, limit))  # type: ignore[arg-type]
-                if "memory" in self.bases:
+                if "memory" in self.bases and not (memory_limit is not None and self._spare_memory(name, memory_limit)):
                     _rmdirs([self._dir("memory", name)])
                 return
         _rmdirs(self._dir(c, name) for c in self.bases)

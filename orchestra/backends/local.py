@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestra import logcap
@@ -251,7 +251,13 @@ class LocalBackend:
             return [self._launch_one(spec) for spec in specs]
         if self._launchers is None:
             self._launchers = ThreadPoolExecutor(max_workers=LAUNCHERS, thread_name_prefix="orchestra-launch")
-        return list(self._launchers.map(self._launch_one, specs))
+        launched = list(self._launchers.map(functools.partial(self._launch_one, start_time=False), specs))
+        # The supervisors' start times, read once every launch is done: read just after its
+        # spawn, /proc/<pid>/stat waits for the exec under way (the kernel's exec lock), which
+        # kept a launcher thread from its next spawn (~0.25 ms a launch here). A supervisor that
+        # already exited is a zombie until the next survey reaps it: its stat is still there.
+        return [replace(one, pid_start=process_start_time(one.pid)) if one.pid and one.pid_start is None else one
+                for one in launched]
 
     def _account(self, spec: LaunchSpec) -> tuple[str, str, str, tuple[int, int] | None]:
         """(setpriv prefix, HOME, user name, the owner's (uid, gid) or None) for the job: its
@@ -266,9 +272,10 @@ class LocalBackend:
                   f"{'--groups=' + groups if groups else '--clear-groups'} --")
         return prefix, owner.home, owner.name, (owner.uid, owner.gid)
 
-    def _launch_one(self, spec: LaunchSpec) -> Launched:
+    def _launch_one(self, spec: LaunchSpec, start_time: bool = True) -> Launched:
         """State directory, lock and log are made in the scheduler's own directory without
-        following a link; the supervisor then starts with the lock as its stdin."""
+        following a link; the supervisor then starts with the lock as its stdin. Without
+        `start_time` the supervisor's start time is left for the caller to read (`launch`)."""
         state = self.state_dir(spec.backend_name)
         shown = str(state)  # in messages; the files are reached through `folder`, never by path
         try:
@@ -337,8 +344,8 @@ class LocalBackend:
         if track is not None:
             track(spec.backend_name, child.pid)
         return Launched(
-            spec.backend_name, host=self.host, pid=child.pid, pid_start=process_start_time(child.pid),
-            started_at=time.time(),
+            spec.backend_name, host=self.host, pid=child.pid,
+            pid_start=process_start_time(child.pid) if start_time else None, started_at=time.time(),
         )
 
     def _refused(self, name: str, exc: OSError, what: str, *, storage_io: bool = True) -> Launched:

@@ -1,5 +1,6 @@
 """Issue 18: the local backend starts a batch of attempts on its launcher threads; the answers keep
-the order of the specs, every job runs exactly once, and the survey still sees each end."""
+the order of the specs, every job runs exactly once, the survey still sees each end, and every
+answer carries its supervisor's start time."""
 from __future__ import annotations
 
 import threading
@@ -27,13 +28,16 @@ def test_a_batch_launches_on_threads_in_order_and_each_job_runs_once(
     batches: list[tuple[list[str], list[str]]] = []
     launch_one, launch = local.LocalBackend._launch_one, local.LocalBackend.launch
 
-    def spied_one(self, spec):  # type: ignore[no-untyped-def]
+    def spied_one(self, spec, **options):  # type: ignore[no-untyped-def]
         threads.add(threading.current_thread().name)
-        return launch_one(self, spec)
+        return launch_one(self, spec, **options)
 
     def spied(self, specs):  # type: ignore[no-untyped-def]
         answers = launch(self, specs)
         batches.append(([s.backend_name for s in specs], [a.backend_name for a in answers]))
+        # Each answer names its supervisor by pid and start time (read after the batch, not
+        # by the launcher threads): the pair a restarted scheduler checks before adopting it.
+        assert all(a.pid and a.pid_start for a in answers)
         return answers
 
     monkeypatch.setattr(local.LocalBackend, "_launch_one", spied_one)

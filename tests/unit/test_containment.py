@@ -375,6 +375,68 @@ def test_spares_are_drained_and_a_new_scheduler_removes_old_ones(groups: Groups,
     assert _spares(successor) == {"freezer": [], "pids": []}
 
 
+def _memory_spares(cg: CgroupV1) -> list[str]:
+    return sorted(n for n in os.listdir(cg.bases["memory"]) if n.startswith("spare-"))
+
+
+def _memory_groups(groups: Groups) -> CgroupV1:
+    cg = groups.cg
+    if not isinstance(cg, CgroupV1) or "memory" not in cg.bases:
+        pytest.skip(f"memory spares need a writable cgroup v1 memory hierarchy ({cg.kind})")
+    return cg
+
+
+def test_a_nearly_empty_memory_group_is_reused_with_the_next_attempts_limit(groups: Groups, procs: Procs) -> None:
+    """Issue 18: a memory group's mkdir and rmdir (some thirty control files each, and a removed
+    group lingers while page cache is charged to it) cost the kernel far more than a rename, so
+    an ended attempt's memory group is kept as a spare when nearly empty. The next attempt gets
+    it renamed, empty, with its own limit, and is contained by it. Meanwhile another user's job
+    can neither join the spare nor change its limit."""
+    cg = _memory_groups(groups)
+    first, files = groups.prepare(memory_max=64 << 20)
+    procs.sh("exit 0", files).wait(timeout=10)
+    wait_until(lambda: not cg.alive(first), what="the first attempt to end")
+    inode = os.stat(Path(files[2]).parent).st_ino
+    cg.remove(first)
+    [spare] = _memory_spares(cg)
+    assert not os.path.exists(Path(files[2]).parent)
+    targets = [f"{cg.bases['memory']}/{spare}/{f}" for f in ("cgroup.procs", "memory.limit_in_bytes")]
+    script = "; ".join(f"echo $$ > {t} 2>/dev/null && echo wrote {t}" for t in targets) + "; exit 0"
+    tried = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                            script], capture_output=True, text=True, timeout=10)
+    assert tried.returncode == 0 and "wrote" not in tried.stdout, tried.stdout  # the wrong user: neither
+    second, again = groups.prepare(memory_max=128 << 20)
+    memory = Path(again[2]).parent
+    assert os.stat(memory).st_ino == inode and _memory_spares(cg) == []  # the same group, renamed
+    assert memory.joinpath("memory.limit_in_bytes").read_text().strip() == str(128 << 20)
+    assert memory.joinpath("cgroup.procs").read_text() == "" and not cg.oom_killed(second)
+    shell = procs.sh("exec sleep 300", again)
+    wait_until(lambda: memory.joinpath("cgroup.procs").read_text().split() == [str(shell.pid)],
+               what="the second attempt to join its memory group")
+
+
+def test_a_memory_group_that_was_oom_killed_or_holds_much_is_removed_not_kept(
+        groups: Groups, procs: Procs, tmp_path: Path) -> None:
+    """A reused group must say nothing of the attempts before: one whose job was OOM-killed (its
+    counter would say so of the next) or whose leftovers (here 8 MiB of page cache the job wrote)
+    would take more than MEMORY_SPARE_MAX_USAGE of the next attempt's limit is removed."""
+    cg = _memory_groups(groups)
+    oom, files = groups.prepare(memory_max=16 << 20)
+    ended = procs.sh("head -c 64M /dev/zero | tail -c 64M > /dev/null", files)  # tail holds 64 MiB
+    assert ended.wait(timeout=30) != 0
+    wait_until(lambda: not cg.alive(oom), what="the OOM-killed attempt to end")
+    assert cg.oom_killed(oom)
+    cg.remove(oom)
+    assert _memory_spares(cg) == [] and not os.path.exists(Path(files[2]).parent)
+    big, files = groups.prepare(memory_max=256 << 20)
+    procs.sh(f"head -c 8M /dev/zero > {tmp_path / 'out'}", files).wait(timeout=30)
+    wait_until(lambda: not cg.alive(big), what="the writing attempt to end")
+    assert int(Path(files[2]).parent.joinpath("memory.usage_in_bytes").read_text()) >= cg.MEMORY_SPARE_MAX_USAGE
+    cg.remove(big)
+    assert _memory_spares(cg) == [] and not os.path.exists(Path(files[2]).parent)
+    assert _spares(cg)["pids"]  # its freezer and pids groups are spares all the same
+
+
 def _ppid(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
