@@ -30,7 +30,20 @@ class DriverRead:
         self.sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
     def read(self, engine: Engine) -> list[tuple[Any, ...]]:
-        """Its rows, in a short transaction of its own on a connection from the engine's pool."""
+        """Its rows, in a short transaction of its own on a connection from the engine's pool.
+
+        A connection the server dropped (a restart, `pg_terminate_backend`) is replaced once: the
+        pool then starts afresh, since its other connections are as old as that one (the pool pings
+        only connections that rested, see engine.PING_AFTER_IDLE). A second failure is raised."""
+        try:
+            return self._read_once(engine)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            engine.dispose()
+            return self._read_once(engine)
+
+    def _read_once(self, engine: Engine) -> list[tuple[Any, ...]]:
         dialect = engine.dialect
         try:
             raw = engine.raw_connection()

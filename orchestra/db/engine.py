@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, ProgrammingError
 
 from orchestra.errors import OrchestraError
 from orchestra.secrets import mask_url
@@ -63,6 +63,40 @@ def _begin_immediate(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+PING_AFTER_IDLE = 1.0  # seconds a pooled PostgreSQL connection may rest before it is pinged at checkout
+
+
+def _ping_when_rested(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only if it rested PING_AFTER_IDLE seconds or more.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout: a round trip (~0.2 ms here) that the
+    scheduler paid twice per short pass, hundreds of passes a second at turnover (issue 18),
+    for connections it had used milliseconds before. A connection that rested (an idle
+    scheduler, the web server between requests) is still pinged, and one the server dropped is
+    replaced by the pool (DisconnectionError: it tries a new connection). A connection dropped
+    within the second after its last use fails its first statement instead: the scheduler's
+    passes begin with a read that then retries once on a new pool (`DriverRead.read`), and any
+    other fault is an outage the service loop retries after a backoff."""
+
+    @event.listens_for(engine, "checkin")
+    def _rested_since(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info["rested_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("rested_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # new, or used a moment ago
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the URL, or a one-line error when the URL is malformed."""
     try:
@@ -83,8 +117,10 @@ def make_engine(url: str) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg2")
         # psycopg2's executemany is one server round trip per row; the scheduler updates hundreds of
         # rows per statement (attempts acknowledged, jobs ended, users charged): batch them instead.
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10},
-                             executemany_mode="values_plus_batch", executemany_batch_page_size=1000)
+        engine = create_engine(parsed, connect_args={"connect_timeout": 10},
+                               executemany_mode="values_plus_batch", executemany_batch_page_size=1000)
+        _ping_when_rested(engine)
+        return engine
     raise OrchestraError(f"database URL {mask_url(url)!r}: only sqlite:// and postgresql:// are supported")
 
 

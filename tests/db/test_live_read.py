@@ -88,7 +88,7 @@ def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchem
         with other.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
         other.dispose()
-        assert len(scheduler._read_live()) == 4  # the pool's ping replaced it
+        assert len(scheduler._read_live()) == 4  # replaced (a ping if it rested, else the read's retry)
     monkeypatch.setattr(scheduler._sql.live, "sql", "SELECT * FROM no_such_table")
     with pytest.raises(DBAPIError, match="no_such_table"):
         scheduler._read_live()
