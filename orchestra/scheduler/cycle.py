@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,11 +38,11 @@ from orchestra.paths import UntrustedPath, trusted_output_root, state_root
 from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import queue_heads
+from orchestra.scheduler.heads import HEADS_SUBQUERY, start_queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services import dependencies
 from orchestra.services.context import Context
-from orchestra.services.queue import policy_input, queue_charge, scout_progress
+from orchestra.services.queue import DispatchInfo, policy_input, queue_charge, scout_progress
 from orchestra.security.privileged import remove_task_rows
 from orchestra.services.tasks import purge_outputs
 from orchestra.states import AttemptStatus, JobStatus, TaskStatus, final_task_status, scout_verdict
@@ -93,14 +93,14 @@ class _Statements:
         # The reads every short pass makes, through the driver (orchestra/db/driver_reads.py).
         self.live = DriverRead(_LIVE_ATTEMPTS, sqlite)
         self.to_advance = DriverRead(_TASKS_TO_ADVANCE, sqlite)
-        self.task_info = (
-            select(TASKS.c.id, TASKS.c.name, TASKS.c.cluster, TASKS.c.queue, TASKS.c.image, TASKS.c.max_time,
-                   USERS.c.name.label("user")).join(USERS, USERS.c.id == TASKS.c.owner_id)
-            .where(one_of_param(TASKS.c.id, "ids", sqlite)))
-        self.start_jobs = (
-            update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), JOBS.c.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
-            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at))
+        start = dict(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
+        started = (JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at)
+        queued = JOBS.c.status == JobStatus.QUEUED.value
+        self.start_jobs = update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), queued).values(**start) \
+            .returning(*started)
+        # PostgreSQL: the heads of the queues chosen and started by one statement (scheduler/heads.py).
+        self.start_heads = None if sqlite else \
+            update(JOBS).where(JOBS.c.id.in_(HEADS_SUBQUERY), queued).values(**start).returning(*started)
         charged = one_of_param(USERS.c.id, "ids", sqlite)
         self.charged_users = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(charged)
         self.users_to_decay = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where((USERS.c.usage > 0) | charged)
@@ -401,8 +401,8 @@ class Scheduler:
             self._record_observed(session, seen, report, False)
             self._advance(session, report)
             now = self.clock()
-            plan = self._plan(session, now, seen)
-            specs = self._dispatch(session, plan, now, report) if plan else []
+            plan, info = self._plan(session, now, seen)
+            specs = self._dispatch(session, plan, info, now, report) if plan else []
         self._release_ended(seen, report)
         if specs:
             with report.step("launch"):
@@ -860,8 +860,8 @@ class Scheduler:
         backend's creates and the record of their answers)."""
         now = self.clock()
         with report.step("dispatch"), self.tx() as session:
-            plan = self._plan(session, now)
-            specs = self._dispatch(session, plan, now, report) if plan else []
+            plan, info = self._plan(session, now)
+            specs = self._dispatch(session, plan, info, now, report) if plan else []
         if not specs:
             return
         with report.step("launch"):
@@ -886,8 +886,10 @@ class Scheduler:
             if put_back:
                 backend.release(put_back)  # whatever the refused launch left (e.g. a prepared cgroup)
 
-    def _plan(self, session: Session, now: float, seen: _Observed | None = None) -> list[tuple[int, int]]:
-        """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy.
+    def _plan(self, session: Session, now: float,
+              seen: _Observed | None = None) -> tuple[list[tuple[int, int]], dict[int, DispatchInfo]]:
+        """(task id, how many of its jobs) to dispatch now, decided by the fair-share policy, and
+        what dispatch needs of those tasks (read by the same statement, `PolicyView.dispatch`).
 
         The input comes from `services.queue.policy_input`, the same function behind `maestro queue`
         and `maestro job why`, so what users are told is what this step decides. A short pass
@@ -907,26 +909,23 @@ class Scheduler:
         self.holds = dict(view.holds)
         self._holds_known = True
         if not view.tasks or not view.free.any():
-            return []
+            return [], {}
         take = fairshare.allocate(view.inp, self.settings.fairshare, slot_seconds=self.settings.scheduler.interval)
-        return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)]
+        return [(view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take)], view.dispatch
 
-    def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], now: float,
-                  report: CycleReport) -> list[LaunchSpec]:
+    def _dispatch(self, session: Session, plan: Sequence[tuple[int, int]], task_info: Mapping[int, DispatchInfo],
+                  now: float, report: CycleReport) -> list[LaunchSpec]:
         """Record the attempts (STARTING, names fixed) of the head of each chosen task's queue.
 
-        Each job's output directory and log live under its task's output root recomputed and
-        checked here (see `_trusted_roots`), not under paths read from its rows.
+        `task_info`: the planned tasks' columns, as `_plan` read them in this transaction. Each
+        job's output directory and log live under its task's output root recomputed and checked
+        here (see `_trusted_roots`), not under paths read from its rows.
         """
-        connection = session.connection()
-        task_info = {t.id: t for t in connection.execute(self._sql.task_info,
-                                                         {"ids": list({task_id for task_id, _ in plan})})}
-        roots = self._trusted_roots(session, task_info.values(), now)
-        chosen = queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots])
-        if not chosen:
+        roots = self._trusted_roots(session, [task_info[task_id] for task_id, _ in plan], now)
+        rows = start_queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots],
+                                 self._sql.start_jobs, self._sql.start_heads, report.writing)
+        if not rows:
             return []
-        with report.writing():
-            rows = connection.execute(self._sql.start_jobs, {"ids": list(chosen)}).all()
         specs = []
         attempts = []
         for r in rows:

@@ -67,6 +67,21 @@ class PolicyView:
     user_charge: dict[int, float] = field(default_factory=dict)  # their charge per second, by user id
     unconfigured: list[Any] = field(default_factory=list)  # tasks with queued jobs in a queue not configured
     holds: dict[tuple[str, str], Any] = field(default_factory=dict)  # scheduler.holds.HoldState by (cluster, queue)
+    # What dispatch needs of each task besides, read by the same statement (issue 18: the
+    # scheduler's dispatch read them again, a server round trip per pass), by task id.
+    dispatch: dict[int, DispatchInfo] = field(default_factory=dict)
+
+
+class DispatchInfo(NamedTuple):
+    """What the scheduler's dispatch needs of a task (`PolicyView.dispatch`)."""
+
+    id: int
+    name: str
+    cluster: str
+    queue: str
+    image: str
+    max_time: float | None
+    user: str  # its owner's name
 
 
 class ActiveTask(NamedTuple):
@@ -103,7 +118,7 @@ def queue_charge(settings: Settings, cluster: str, queue: str) -> float:
 _ACTIVE_TASKS = (
     select(TASKS.c.id, TASKS.c.owner_id, TASKS.c.cluster, TASKS.c.queue, TASKS.c.n_queued, TASKS.c.priority,
            TASKS.c.created_at, TASKS.c.status, USERS.c.name, USERS.c.share, USERS.c.max_running, USERS.c.usage,
-           USERS.c.usage_at)
+           USERS.c.usage_at, TASKS.c.name.label("task_name"), TASKS.c.image, TASKS.c.max_time)
     .join(USERS, USERS.c.id == TASKS.c.owner_id)
     .where(TASKS.c.status.in_(DISPATCHABLE), TASKS.c.n_queued > 0, TASKS.c.request.is_(None))
     .order_by(TASKS.c.id)
@@ -161,7 +176,7 @@ def policy_input(session: Session, settings: Settings, now: float, *,
     unconfigured = [t for t in tasks if (t.cluster, t.queue) not in queue_index]
     tasks = [t for t in tasks if (t.cluster, t.queue) in queue_index]
     owner_ids = sorted({t.owner_id for t in tasks})
-    users = {r.owner_id: _Owner(r.owner_id, *r[8:]) for r in rows}
+    users = {r.owner_id: _Owner(r.owner_id, *r[8:13]) for r in rows}
     user_index = {uid: i for i, uid in enumerate(owner_ids)}
     fs = settings.fairshare
     default_cap = settings.scheduler.max_running_per_user
@@ -184,7 +199,9 @@ def policy_input(session: Session, settings: Settings, now: float, *,
         queue_charge=np.array([queue_charge(settings, c, q) for c, q in queues], dtype=float),
         user_running_charge=np.array([user_charge.get(u, 0.0) for u in owner_ids], dtype=float),
     )
-    return PolicyView(inp, tasks, queues, free, slots, busy, owner_ids, user_running, user_charge, unconfigured, held)
+    dispatch = {r.id: DispatchInfo(r.id, r.task_name, r.cluster, r.queue, r.image, r.max_time, r.name) for r in rows}
+    return PolicyView(inp, tasks, queues, free, slots, busy, owner_ids, user_running, user_charge, unconfigured, held,
+                      dispatch)
 
 
 # ---------------------------------------------------------------------------------------- order (pure)

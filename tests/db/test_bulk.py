@@ -1,6 +1,7 @@
 """The set-based writes and reads of the scheduler's hot path, on both databases: `bulk_update`
 (one UPDATE ... FROM unnest() on PostgreSQL, an executemany on SQLite), `one_of` (= ANY(array) /
-IN list) and `queue_heads` (a LATERAL join / a query per task) must mean the same thing on both."""
+IN list), `queue_heads` (a LATERAL join / a query per task) and `start_queue_heads` (one UPDATE
+choosing its rows / the heads read, then an UPDATE) must mean the same thing on both."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from orchestra.db.bulk import UNNEST_MIN_ROWS, bulk_update, one_of
 from orchestra.db.engine import connect
 from orchestra.db.models import Job, Task, User
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import queue_heads
+from orchestra.scheduler.cycle import _Statements
+from orchestra.scheduler.heads import queue_heads, start_queue_heads
 from tests.helpers import Cli
 
 USERS = User.__table__
@@ -105,4 +107,17 @@ def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: st
         assert sorted(heads) == sorted(jobs[a][1:3] + [jobs[b][0], jobs[b][2], jobs[b][3]])
         assert sorted(queue_heads(session, [(a, 100)])) == jobs[a][1:]  # fewer queued than asked: all of them
         assert queue_heads(session, []) == []
+    sql = _Statements(db_url.startswith("sqlite"))
+    assert (sql.start_heads is None) == db_url.startswith("sqlite")  # one statement on PostgreSQL
+    with Session(engine) as session, session.begin():
+        started = start_queue_heads(session, [(a, 2), (b, 3)], sql.start_jobs, sql.start_heads)
+        assert sorted(r.id for r in started) == sorted(heads)  # the heads, as queue_heads chose them
+        assert {r.task_id for r in started} == {a, b} and all(r.attempts == 1 for r in started)
+        assert start_queue_heads(session, [], sql.start_jobs, sql.start_heads) == []
+    with Session(engine) as session:
+        status = dict(session.execute(select(Job.id, Job.status)).all())
+        assert sorted(i for i, s in status.items() if s == "starting") == sorted(heads)
+        assert [status[jobs[a][0]], status[jobs[b][1]]] == ["running", "running"]  # never started twice
+        assert sorted(i for i, s in status.items() if s == "queued") == [jobs[a][3], jobs[a][4], jobs[a][5],
+                                                                            jobs[b][4], jobs[b][5]]
     engine.dispose()

@@ -134,10 +134,14 @@ def test_policy_input_is_what_the_scheduler_plans(cli: Cli, world: Path, env: di
     set_cpu_slots(env, scheduler, 9)  # 5 free cpu slots to share out
     for now in (2e9, 2e9 + 86400 * 30):
         with scheduler.ctx.transaction() as session:
-            plan = scheduler._plan(session, now)
+            plan, info = scheduler._plan(session, now)
             view = policy_input(session, scheduler.settings, now)
         take = fairshare.allocate(view.inp, scheduler.settings.fairshare)
         assert sum(n for _, n in plan) == 5
+        # What dispatch needs of each task, read by the same statement: its owner's name and its own.
+        assert {task_id: (i.id, i.cluster, i.queue) for task_id, i in info.items()} == {
+            t.id: (t.id, t.cluster, t.queue) for t in view.tasks}
+        assert all(i.name.startswith(f"user.{i.user}.") and i.image for i in info.values())
         assert sorted(plan) == sorted((view.tasks[i].id, int(take[i])) for i in np.flatnonzero(take))
     assert view.queues == [("LPS", "cpu"), ("LPS", "gpu"), ("OTHER", "cpu")]
     assert view.busy.tolist() == [4, 0, 0] and view.free.tolist() == (view.slots - view.busy).tolist()
