@@ -224,6 +224,7 @@ class LocalBackend:
             # admin configured elsewhere and that is missing (not mounted) holds the queue instead.
             Path(cluster.storage).mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._reaped: dict[str, tuple[int, float]] = {}  # children reaped by this survey: (exit status, when)
         self._stopping: dict[str, _Stopping] = {}
         self._leftover_groups: set[str] = set()  # ended attempts whose cgroups are not removed yet
         self._adopted_running = 0  # running attempts, at the last survey, that are not our children
@@ -403,10 +404,14 @@ class LocalBackend:
                         started_at=_mtime(state / "lock"))
 
     def reap(self) -> None:
-        """Collect exited children of this process (they would linger as zombies)."""
+        """Collect exited children of this process (they would linger as zombies); their exit
+        status is kept for the survey that reaped them (`_observe`)."""
+        now = time.time()
         for name, child in list(self._children.items()):
-            if child.poll() is not None:
+            code = child.poll()
+            if code is not None:
                 del self._children[name]
+                self._reaped[name] = (code, now)
 
     def survey(self, tracked: Sequence[Tracked]) -> Survey:
         self.reap()
@@ -423,6 +428,7 @@ class LocalBackend:
                 # Its groups go at `release`, once its end is recorded (the scheduler releases
                 # every ended attempt it surveyed): removed here too, they were looked for twice.
                 self._stopping.pop(item.backend_name, None)
+        self._reaped.clear()  # any not asked about (not tracked): their files tell, as for any process
         for name in list(self._leftover_groups):
             self._remove_group(name)
         return survey
@@ -469,6 +475,13 @@ class LocalBackend:
             # so it holds the lock (its stdin, for its whole life). Running, without the lock test's
             # three system calls (issue 18: every live attempt is surveyed at every short pass).
             return Observation(name, Phase.RUNNING, host=self.host)
+        if self._reaped.get(name, (None,))[0] == 0:
+            # Our own child, reaped by this survey, exited 0: its supervisor exits with the job's
+            # status, after writing it to `exit`, so the job succeeded. Told without the four reads
+            # of its state files (lock, exit, its time, why) that a status needs otherwise (issue 18:
+            # at turnover most ends are these). Any other status is read from the files, with its
+            # reason (a verdict, an OOM kill); an adopted process's end always is.
+            return Observation(name, Phase.SUCCEEDED, exit_code=0, host=self.host, ended_at=self._reaped[name][1])
         state = self.state_dir(name)
         # Lock first: the exit file is written before the lock is released, never after.
         if _lock_held(state / "lock"):

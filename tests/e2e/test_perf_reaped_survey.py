@@ -1,0 +1,65 @@
+"""Issue 18: the local backend's survey tells an own child that exited 0 as succeeded from its
+exit status (reaped by that survey), without reading its state files; every other end still
+comes from the files, with its reason. Real subprocesses, a real LocalBackend."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from orchestra.backends.base import LaunchSpec, Phase, Tracked
+from orchestra.backends.local import LocalBackend
+from orchestra.config import ClusterConfig, QueueConfig, load_settings
+from orchestra.paths import state_root
+from tests.helpers import write_config
+
+
+def _spec(storage: Path, cluster: ClusterConfig, queue: QueueConfig, index: int, command: str) -> LaunchSpec:
+    name = f"orc-1-{index}-1"
+    return LaunchSpec(name, 1, "t", index, index, 1, "alice", queue, "img", command,
+                      str(storage / "alice" / "t" / f"job_{index:06d}"),
+                      str(state_root(storage, "inst") / name / "log"), None, cluster)
+
+
+def _ended(backend: LocalBackend, names: list[str]) -> None:
+    """Until every supervisor has exited (not reaped: `survey` reaps them)."""
+    deadline = time.monotonic() + 60
+    for name in names:
+        child = backend._children[name]
+        while True:
+            try:
+                if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+            except ChildProcessError:
+                break
+            assert time.monotonic() < deadline, f"{name} did not end"
+            time.sleep(0.01)
+
+
+def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_keeps_its_reason(
+        storage: Path, tmp_path: Path) -> None:
+    queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
+    cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
+    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
+                              "ORCHESTRA_HOME": str(tmp_path)})
+    backend = LocalBackend(cluster, settings, "inst")
+    try:
+        ok, failed = (_spec(storage, cluster, queue, 0, "true"), _spec(storage, cluster, queue, 1, "exit 3"))
+        launched = backend.launch([ok, failed])
+        assert all(one.pid for one in launched)
+        _ended(backend, [ok.backend_name, failed.backend_name])
+        state = state_root(storage, "inst")
+        assert (state / ok.backend_name / "exit").read_text().strip() == "0"
+        (state / ok.backend_name / "exit").unlink()  # gone: the exit status alone must tell
+        before = time.time()
+        survey = backend.survey([Tracked(s.backend_name, s.log_path) for s in (ok, failed)])
+        seen_ok, seen_failed = (survey.observations[s.backend_name] for s in (ok, failed))
+        assert seen_ok.phase == Phase.SUCCEEDED and seen_ok.exit_code == 0 and seen_ok.ended_at >= before - 1
+        assert seen_failed.phase == Phase.FAILED and seen_failed.exit_code == 3
+        assert seen_failed.reason == "exit code 3"
+        # Reaped once: the next survey reads the files, as for an adopted process (no exit file:
+        # no status; the lock is free and no supervisor runs, so it is gone without one).
+        again = backend.survey([Tracked(ok.backend_name, ok.log_path)]).observations[ok.backend_name]
+        assert again.phase == Phase.MISSING
+    finally:
+        backend.close()
