@@ -107,6 +107,19 @@ def open_dir(path: str | os.PathLike[str], storage: Path, *, create: bool = Fals
     return fd
 
 
+def make_subdir(dir_fd: int, name: str, shown: Path, mode: int = 0o755) -> tuple[int, bool]:
+    """A descriptor of directory `name` inside the directory `dir_fd` (one component, made if
+    missing, never through a link), and whether this call made it: `open_dir`'s last step, for a
+    caller that keeps the parent open (the local backend's state root, issue 18)."""
+    _check_component("directory name", name)
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+        made = True
+    except FileExistsError:
+        made = False
+    return _open_child(name, dir_fd, shown), made
+
+
 def _open_child(part: str, fd: int, shown: Path) -> int:
     try:
         return os.open(part, _DIR, dir_fd=fd)

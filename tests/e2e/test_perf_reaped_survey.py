@@ -1,11 +1,17 @@
-"""Issue 18: the local backend's survey tells an own child that exited 0 as succeeded from its
-exit status (reaped by that survey), without reading its state files; every other end still
-comes from the files, with its reason. Real subprocesses, a real LocalBackend."""
+"""Issue 18, the local backend's per-job file system work: the survey tells an own child that
+exited 0 as succeeded from its exit status (reaped by that survey), without reading its state
+files, while every other end still comes from the files, with its reason; launches make their
+state directory in a state root opened once (reached again if it is removed under them), and
+output directories are 0750 whatever the scheduler's umask. Real subprocesses, a real LocalBackend."""
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import time
 from pathlib import Path
+
+import pytest
 
 from orchestra.backends.base import LaunchSpec, Phase, Tracked
 from orchestra.backends.local import LocalBackend
@@ -63,3 +69,47 @@ def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_kee
         assert again.phase == Phase.MISSING
     finally:
         backend.close()
+
+
+def _backend(storage: Path, tmp_path: Path) -> tuple[LocalBackend, ClusterConfig, QueueConfig]:
+    queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
+    cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
+    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
+                              "ORCHESTRA_HOME": str(tmp_path)})
+    return LocalBackend(cluster, settings, "inst"), cluster, queue
+
+
+def test_a_state_root_removed_under_the_backend_is_made_again(storage: Path, tmp_path: Path) -> None:
+    backend, cluster, queue = _backend(storage, tmp_path)
+    try:
+        first = _spec(storage, cluster, queue, 0, "true")
+        [launched] = backend.launch([first])
+        assert launched.pid and launched.error is None
+        _ended(backend, [first.backend_name])
+        backend.survey([Tracked(first.backend_name, first.log_path)])
+        shutil.rmtree(state_root(storage, "inst"))  # an admin's cleanup while the scheduler runs
+        second = _spec(storage, cluster, queue, 1, "true")
+        [launched] = backend.launch([second])
+        assert launched.pid and launched.error is None
+        _ended(backend, [second.backend_name])
+        assert (state_root(storage, "inst") / second.backend_name / "exit").read_text().strip() == "0"
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_output_directories_are_0750_whatever_the_umask(storage: Path, tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        backend, cluster, queue = _backend(storage, tmp_path)
+        try:
+            spec = _spec(storage, cluster, queue, 0, "true")
+            Path(spec.output_dir).parent.mkdir(parents=True)
+            [launched] = backend.launch([spec])
+            assert launched.pid
+            _ended(backend, [spec.backend_name])
+            assert stat.S_IMODE(os.stat(spec.output_dir).st_mode) == 0o750
+        finally:
+            backend.close()
+    finally:
+        os.umask(old)
