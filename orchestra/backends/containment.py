@@ -361,8 +361,11 @@ class CgroupV1:
         if spare is not None:
             try:
                 os.rename(f"{self.bases['memory']}/{spare[0]}", path)
-            except OSError:  # e.g. a group of that name exists (an earlier scheduler's)
-                _rmdirs([f"{self.bases['memory']}/{spare[0]}"])
+            except OSError:  # e.g. a group of that name exists (an earlier scheduler's): made the usual way
+                try:
+                    _rmdirs([f"{self.bases['memory']}/{spare[0]}"])
+                except OSError:
+                    pass  # drained at the end, as any spare
             else:
                 if spare[1] != limit:
                     _write(f"{path}/memory.limit_in_bytes", str(limit))
