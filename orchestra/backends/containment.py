@@ -365,7 +365,7 @@ class CgroupV1:
                 try:
                     _rmdirs([f"{self.bases['memory']}/{spare[0]}"])
                 except OSError:
-                    pass  # drained at the end, as any spare
+                    pass  # a later scheduler removes it at start (leftover spares)
             else:
                 if spare[1] != limit:
                     _write(f"{path}/memory.limit_in_bytes", str(limit))
