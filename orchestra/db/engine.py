@@ -93,6 +93,7 @@ def _ping_when_rested(engine: Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+            dbapi_connection.rollback()  # handed out outside a transaction, as an unpinged one
         except engine.dialect.loaded_dbapi.Error as exc:
             raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import Select, delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
@@ -106,9 +106,16 @@ class _Statements:
         queued = JOBS.c.status == JobStatus.QUEUED.value
         self.start_jobs = update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), queued).values(**start) \
             .returning(*started)
-        # PostgreSQL: the heads of the queues chosen and started by one statement (scheduler/heads.py).
-        self.start_heads = None if sqlite else \
-            update(JOBS).where(JOBS.c.id.in_(HEADS_SUBQUERY), queued).values(**start).returning(*started)
+        # PostgreSQL: the heads of the queues chosen and started, and taken off their tasks'
+        # n_queued, by one statement (scheduler/heads.py).
+        self.start_heads: Select[Any] | None = None
+        if not sqlite:
+            heads = update(JOBS).where(JOBS.c.id.in_(HEADS_SUBQUERY), queued).values(**start) \
+                .returning(*started).cte("started")
+            counts = select(heads.c.task_id, func.count().label("n")).group_by(heads.c.task_id).subquery("c")
+            taken = update(TASKS).where(TASKS.c.id == counts.c.task_id) \
+                .values(n_queued=TASKS.c.n_queued - counts.c.n).cte("taken")
+            self.start_heads = select(heads).add_cte(taken)
         charged = one_of_param(USERS.c.id, "ids", sqlite)
         self.charged_users = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(charged)
         self.users_to_decay = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where((USERS.c.usage > 0) | charged)
@@ -961,7 +968,6 @@ class Scheduler:
                              queue_charge(self.settings, t.cluster, t.queue), now))
         with report.writing():
             bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
-            self._add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
         return specs
 
     def _trusted_roots(self, session: Session, tasks: Iterable[Any], now: float) -> dict[int, tuple[ClusterConfig, str]]:

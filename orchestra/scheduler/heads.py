@@ -13,11 +13,14 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, ContextManager
 
-from sqlalchemy import Row, Update, text
+from collections import Counter
+
+from sqlalchemy import Row, Select, Update, text
 from sqlalchemy.orm import Session
 
+from orchestra.db.bulk import bulk_update
 from orchestra.db.engine import is_sqlite
-from orchestra.db.models import Job
+from orchestra.db.models import Job, Task
 from orchestra.states import JobStatus
 
 HEADS_SQL = text(
@@ -49,13 +52,14 @@ HEADS_SUBQUERY = HEADS_SQL.columns(Job.__table__.c.id)  # for `jobs.id IN (...)`
 
 
 def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_jobs: Update,
-                      start_heads: Update | None,
+                      start_heads: Select[Any] | None,
                       writing: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> list[Row[Any]]:
-    """Mark the heads of the plan's queues `starting` and return their rows (the RETURNING of
-    `start_jobs`, an UPDATE of the queued jobs among the bound list `ids`). On PostgreSQL
-    `start_heads`, the same UPDATE of the queued jobs among `HEADS_SUBQUERY`, both finds and
-    updates them: a server round trip less in every pass that dispatches (issue 18). On SQLite
-    the heads are read first (`queue_heads`), in-process. `writing` wraps the UPDATE (the
+    """Mark the heads of the plan's queues `starting`, take them off their tasks' `n_queued`, and
+    return their rows (the RETURNING of `start_jobs`, an UPDATE of the queued jobs among the bound
+    list `ids`). On PostgreSQL `start_heads` does it all in one statement (the same UPDATE of the
+    queued jobs among `HEADS_SUBQUERY`, and the tasks' UPDATE, as CTEs): two server round trips
+    less in every pass that dispatches (issue 18). On SQLite the heads are read first
+    (`queue_heads`, in-process), then the two UPDATEs run. `writing` wraps the UPDATEs (the
     cycle's timing of its row writes)."""
     if not plan:
         return []
@@ -67,4 +71,7 @@ def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_j
     if not chosen:
         return []
     with writing():
-        return list(session.connection().execute(start_jobs, {"ids": chosen}))
+        rows = list(session.connection().execute(start_jobs, {"ids": chosen}))
+        taken = Counter(r.task_id for r in rows)
+        bulk_update(session, Task.__table__, [{"id": t, "n_queued": -n} for t, n in taken.items()], add=["n_queued"])
+    return rows

@@ -109,6 +109,8 @@ def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: st
         assert queue_heads(session, []) == []
     sql = _Statements(db_url.startswith("sqlite"))
     assert (sql.start_heads is None) == db_url.startswith("sqlite")  # one statement on PostgreSQL
+    with Session(engine) as session:
+        queued_before = dict(session.execute(select(Task.id, Task.n_queued)).all())
     with Session(engine) as session, session.begin():
         started = start_queue_heads(session, [(a, 2), (b, 3)], sql.start_jobs, sql.start_heads)
         assert sorted(r.id for r in started) == sorted(heads)  # the heads, as queue_heads chose them
@@ -118,6 +120,8 @@ def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: st
         status = dict(session.execute(select(Job.id, Job.status)).all())
         assert sorted(i for i, s in status.items() if s == "starting") == sorted(heads)
         assert [status[jobs[a][0]], status[jobs[b][1]]] == ["running", "running"]  # never started twice
+        queued_after = dict(session.execute(select(Task.id, Task.n_queued)).all())
+        assert {t: queued_before[t] - queued_after[t] for t in (a, b)} == {a: 2, b: 3}  # taken off n_queued
         assert sorted(i for i, s in status.items() if s == "queued") == [jobs[a][3], jobs[a][4], jobs[a][5],
                                                                             jobs[b][4], jobs[b][5]]
     engine.dispose()

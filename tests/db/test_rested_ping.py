@@ -75,6 +75,9 @@ def test_the_passes_first_read_replaces_a_connection_dropped_right_after_its_use
     monkeypatch.setattr(engines, "PING_AFTER_IDLE", 3600.0)  # no ping: the read's own retry replaces it
     read = DriverRead(text("SELECT 1").columns(), is_sqlite=False)  # type: ignore[arg-type]
     assert read.read(engine) == [(1,)]
+    raw = engine.raw_connection()  # the read ran in autocommit (one round trip), and put it back
+    assert raw.driver_connection.autocommit is False  # type: ignore[union-attr]
+    raw.close()
     _terminate(db_url, _backend_pid(engine))
     assert read.read(engine) == [(1,)]  # replaced, once: the caller sees no error
     assert _one(engine) == 1  # and the pool it started afresh serves the next caller
