@@ -10,10 +10,9 @@ SQLAlchemy's per-statement overhead would cost ~100 µs each.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, ContextManager
-
-from collections import Counter
 
 from sqlalchemy import Row, Select, Update, text
 from sqlalchemy.orm import Session
