@@ -290,6 +290,11 @@ class CgroupV1:
             return False
         return True
 
+    def _spare_name(self) -> str:
+        """A new spare's name, unique in this process (call with `_lock` held)."""
+        self._made += 1
+        return f"spare-{os.getpid()}-{self._made}"
+
     def _forget_spare(self, spare: str) -> None:
         try:
             _rmdirs(f"{self.bases[c]}/{spare}" for c in ("freezer", "pids"))
@@ -386,8 +391,7 @@ class CgroupV1:
             with self._lock:
                 if len(self._memory_spares) >= self.SPARES_MAX:
                     return False
-                self._made += 1
-                spare = f"spare-{os.getpid()}-{self._made}"
+                spare = self._spare_name()
             os.rename(path, f"{self.bases['memory']}/{spare}")
         except (OSError, ValueError):
             return False
@@ -468,8 +472,7 @@ class CgroupV1:
             reusable = limit is not ... and name not in self._killed and len(self._spares) < self.SPARES_MAX
             self._killed.discard(name)
             if reusable:
-                self._made += 1
-                spare = f"spare-{os.getpid()}-{self._made}"
+                spare = self._spare_name()
         if reusable:
             if any(_procs(f"{self._dir(c, name)}/cgroup.procs") for c in ("freezer", "pids")):
                 with self._lock:

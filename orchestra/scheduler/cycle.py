@@ -38,7 +38,7 @@ from orchestra.paths import UntrustedPath, trusted_output_root, state_root
 from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import HEADS_SUBQUERY, start_queue_heads
+from orchestra.scheduler.heads import HEADS_SUBQUERY, add_queued, start_queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services import dependencies
 from orchestra.services.context import Context
@@ -645,12 +645,8 @@ class Scheduler:
         with report.writing():
             for rows in job_rows.values():
                 bulk_update(session, JOBS, rows)
-            self._add_queued(session, requeued)
+            add_queued(session, requeued)
         self._acks_in_tx.update(acks)
-
-    @staticmethod
-    def _add_queued(session: Session, deltas: Counter[int]) -> None:
-        bulk_update(session, TASKS, [{"id": t, "n_queued": d} for t, d in deltas.items()], add=["n_queued"])
 
     def _charge_usage(self, session: Session, live: Sequence[LiveAttempt], endings: Sequence[Ending], now: float,
                       everyone: bool = True, report: CycleReport | None = None) -> None:
@@ -1073,7 +1069,7 @@ class Scheduler:
             update(JOBS).where(one_of(session, JOBS.c.id, gone), JOBS.c.status == JobStatus.STARTING.value)
             .values(status=JobStatus.QUEUED.value, attempts=JOBS.c.attempts - 1, started_at=None)
             .returning(JOBS.c.id, JOBS.c.task_id)).all()
-        self._add_queued(session, Counter(r.task_id for r in rows))
+        add_queued(session, Counter(r.task_id for r in rows))
         if killed:
             now = self.clock()
             bulk_update(session, JOBS, [{"id": job_id, "reason": why} for job_id, why in killed.items()],

@@ -71,6 +71,11 @@ def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_j
         return []
     with writing():
         rows = list(session.connection().execute(start_jobs, {"ids": chosen}))
-        taken = Counter(r.task_id for r in rows)
-        bulk_update(session, Task.__table__, [{"id": t, "n_queued": -n} for t, n in taken.items()], add=["n_queued"])
+        add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
     return rows
+
+
+def add_queued(session: Session, deltas: Counter[int]) -> None:
+    """Add each delta to its task's `n_queued` (the counter the cycle reads instead of counting
+    queued rows), one statement for all of them."""
+    bulk_update(session, Task.__table__, [{"id": t, "n_queued": d} for t, d in deltas.items()], add=["n_queued"])

@@ -20,6 +20,14 @@ from orchestra.paths import state_root
 from tests.helpers import write_config
 
 
+def _backend(storage: Path, tmp_path: Path) -> tuple[LocalBackend, ClusterConfig, QueueConfig]:
+    queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
+    cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
+    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
+                              "ORCHESTRA_HOME": str(tmp_path)})
+    return LocalBackend(cluster, settings, "inst"), cluster, queue
+
+
 def _spec(storage: Path, cluster: ClusterConfig, queue: QueueConfig, index: int, command: str) -> LaunchSpec:
     name = f"orc-1-{index}-1"
     return LaunchSpec(name, 1, "t", index, index, 1, "alice", queue, "img", command,
@@ -44,11 +52,7 @@ def _ended(backend: LocalBackend, names: list[str]) -> None:
 
 def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_keeps_its_reason(
         storage: Path, tmp_path: Path) -> None:
-    queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
-    cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
-    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
-                              "ORCHESTRA_HOME": str(tmp_path)})
-    backend = LocalBackend(cluster, settings, "inst")
+    backend, cluster, queue = _backend(storage, tmp_path)
     try:
         ok, failed = (_spec(storage, cluster, queue, 0, "true"), _spec(storage, cluster, queue, 1, "exit 3"))
         launched = backend.launch([ok, failed])
@@ -69,14 +73,6 @@ def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_kee
         assert again.phase == Phase.MISSING
     finally:
         backend.close()
-
-
-def _backend(storage: Path, tmp_path: Path) -> tuple[LocalBackend, ClusterConfig, QueueConfig]:
-    queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
-    cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
-    settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
-                              "ORCHESTRA_HOME": str(tmp_path)})
-    return LocalBackend(cluster, settings, "inst"), cluster, queue
 
 
 def test_a_state_root_removed_under_the_backend_is_made_again(storage: Path, tmp_path: Path) -> None:
