@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -27,10 +26,8 @@ def test_poke_from_a_thread_wakes_the_wait_as_an_event(ctx: Context) -> None:
     waker = Waker(ctx, poll=5.0)
     try:
         timer = threading.Timer(0.1, waker.poke)
-        began = time.monotonic()
         timer.start()
-        assert waker.wait(30) == "event"
-        assert time.monotonic() - began < 2.0
+        assert waker.wait(30) == "event"  # not "interval": the poke, not the 5 s poll, ended the wait
         timer.join()
         for _ in range(10_000):  # more pokes than the pipe holds: none blocks, one wait drains them
             waker.poke()

@@ -447,16 +447,24 @@ def test_rbac_rules_cover_every_call_of_the_backend(sim: KubeSim, backend: Kuber
 # ------------------------------------------------------------------------------------ throughput
 def test_launch_is_concurrent_and_bounded(make_sim: Callable[..., KubeSim], make_backend: MakeBackend,
                                           spec: Spec, storage: Path) -> None:
-    """With 20 ms of API latency, 8 threads create 80 pods in well under the 1.6 s a serial loop needs."""
-    slow = make_sim(node=NodeOptions(enabled=False), latency=0.02)
+    """8 create threads: the simulator holds each call until 8 are in it at once (counted, not
+    timed), and with 20 ms of latency a ninth thread would have shown as a ninth call in flight."""
+    slow = make_sim(node=NodeOptions(enabled=False), latency=0.02, gate=8)
     backend = make_backend(on=slow, cluster_config=k8s_cluster(storage, create_concurrency=8))
     specs = [spec(job=i) for i in range(80)]
-    started = time.perf_counter()
     launched = backend.launch(specs)
-    elapsed = time.perf_counter() - started
     assert [l.backend_name for l in launched] == [s.backend_name for s in specs]
     assert all(l.error is None for l in launched) and len(slow.pods()) == 80
-    assert elapsed < 1.0, f"{elapsed:.2f} s for 80 creates with 8 threads"
+    assert slow.max_in_flight == 8, f"{slow.max_in_flight} calls at once, with create_concurrency=8"
+
+
+def test_the_gate_counts_a_serial_client_as_one(make_sim: Callable[..., KubeSim], make_backend: MakeBackend,
+                                                spec: Spec, storage: Path) -> None:
+    """The counter the test above relies on: one create thread is one call in flight."""
+    slow = make_sim(node=NodeOptions(enabled=False), latency=0.005)
+    backend = make_backend(on=slow, cluster_config=k8s_cluster(storage, create_concurrency=1))
+    launched = backend.launch([spec(job=i) for i in range(5)])
+    assert all(l.error is None for l in launched) and slow.max_in_flight == 1
 
 
 def test_cluster_config_defaults_are_backward_compatible(storage: Path) -> None:

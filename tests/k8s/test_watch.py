@@ -107,7 +107,7 @@ def test_sim_watch_speaks_the_protocol(sim: KubeSim, backend: KubernetesBackend,
     response = conn.getresponse()
     assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
     lines = response.read().decode().splitlines()
-    assert 0.9 <= time.monotonic() - began < 5
+    assert time.monotonic() - began >= 0.9  # read() returned: the stream ended, and not before its timeout
     conn.close()
     events = [json.loads(line) for line in lines]
     assert events and {e["type"] for e in events} == {"MODIFIED"}  # the changes after `start`, no more
@@ -148,8 +148,6 @@ def test_a_pod_end_wakes_at_once_without_a_survey(sim: KubeSim, make_backend: Ma
     assert wakes.count == 0
     gate.open()
     wakes.wait(0)
-    end = next(e.at for e in sim.store.events if e.pod["status"]["phase"] == "Succeeded")
-    assert wakes.at[0] - end < 1.0
     assert sim.count("list") == lists  # the watch listed once, before: the wake needed no survey
     survey = backend.survey(tracked(s))
     assert survey.observations[s.backend_name].phase == Phase.SUCCEEDED
@@ -259,11 +257,14 @@ def test_a_server_stuck_on_410_is_not_hammered(sim: KubeSim, make_backend: MakeB
 
     monkeypatch.setattr(sim.store, "events_after", always_gone)
     backend, _ = watching(make_backend)
+    began = time.monotonic()
     backend.survey([])
-    time.sleep(1.0)
-    # list, watch (410 at once: back off), list, watch, ... with the backoff doubling from 0.05 s
-    assert 2 <= sim.count("list") - 1 <= 8, sim.count("list")
-    assert sim.count("watch") <= 8
+    # The survey's list, then the watch's: list, watch (410 at once: back off), list, watch, ... with
+    # the backoff doubling from 0.05 s, jittered down to half: the three pauses before the watch's
+    # fourth list take at least 0.025 + 0.05 + 0.1 s, however fast the machine.
+    until(lambda: sim.count("list") >= 5, what="the watch's fourth list")
+    assert time.monotonic() - began >= 0.175
+    assert sim.count("watch") <= sim.count("list")
 
 
 def test_close_stops_the_watch_at_once(sim: KubeSim, make_backend: MakeBackend, spec: Spec) -> None:
@@ -271,9 +272,7 @@ def test_close_stops_the_watch_at_once(sim: KubeSim, make_backend: MakeBackend, 
     backend.survey([])
     until(lambda: backend.watch_healthy, what="the watch")
     thread = backend._watch._thread  # type: ignore[union-attr]
-    began = time.monotonic()
-    backend.close()
-    assert time.monotonic() - began < 1.0
+    backend.close()  # joins the thread for at most 2 s, where an uncut read would block for 300 s
     assert not thread.is_alive()
 
 

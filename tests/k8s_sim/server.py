@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.k8s_sim.kubelet import Kubelet, NodeOptions
 from tests.k8s_sim.store import ApiError, Pod, PodStore, matches, parse_selector, status_object
 
+GATE_TIMEOUT = 30.0  # seconds a gated call waits for the others before it is served anyway
 PATH = r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<name>[^/]+)(?P<log>/log)?)?/?$"
 Verb = tuple[str, str]  # (resource, verb) as RBAC names them, e.g. ("pods/log", "get")
 
@@ -174,9 +175,13 @@ class KubeSim:
         faults: Faults | None = None,
         latency: float = 0.0,
         clock: Callable[[], float] = time.time,
+        gate: int = 0,
     ) -> None:
         """`latency`: seconds each call waits before it is served (a real API server's etcd round
-        trip is a few milliseconds): makes the benefit of concurrent clients measurable."""
+        trip is a few milliseconds): makes the benefit of concurrent clients measurable.
+        `gate`: each call is held until that many calls are in the server at once (or
+        `GATE_TIMEOUT` passes), so a test proves a client's concurrency by counting, not timing;
+        `max_in_flight` records the most calls the server held at once."""
         self.namespace = namespace
         self.token = token
         self.user = user
@@ -186,6 +191,10 @@ class KubeSim:
         self.calls: Counter[Verb] = Counter()
         self.store = PodStore(clock)
         self.latency = latency
+        self.gate = gate
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._gate_changed = threading.Condition()
         self.faults_injected: Counter[str] = Counter()  # kind -> how many
         self._occurrences: Counter[str] = Counter()
         self._streaks: Counter[str] = Counter()
@@ -198,6 +207,23 @@ class KubeSim:
         self._thread: threading.Thread | None = None
         self.url = ""
         self.kubeconfig_path = self._workdir / "kubeconfig"
+
+    def _hold(self, request: _Request) -> None:
+        """Keep a call in the server for `latency`, and until `gate` calls are in it at once."""
+        with self._gate_changed:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._gate_changed.notify_all()
+        try:
+            if self.latency > 0:
+                self._stopping.wait(self.latency)
+            if self.gate > 0:
+                with self._gate_changed:
+                    self._gate_changed.wait_for(
+                        lambda: self.max_in_flight >= self.gate or self._stopping.is_set(), GATE_TIMEOUT)
+        finally:
+            with self._gate_changed:
+                self.in_flight -= 1
 
     # ----------------------------------------------------------------- start / stop
     def start(self) -> KubeSim:
@@ -378,8 +404,8 @@ class KubeSim:
         if denial is not None:
             handler.send_json(denial.code, self._denied(request, denial))
             return
-        if self.latency > 0:
-            self._stopping.wait(self.latency)
+        if self.latency > 0 or self.gate > 0:
+            self._hold(request)
         fault = self._fault(request)
         if fault == "error":
             handler.send_json(500, status_object(500, "InternalError", "Internal error occurred: injected fault"))
