@@ -7,6 +7,8 @@ names an external server. The schema is migrated once into a template; each test
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -171,3 +173,56 @@ def _no_scheduler_left_behind() -> Iterator[None]:
     yield
     while STARTED:
         STARTED.pop().kill()
+
+
+# ------------------------------------------------------------------------------ the tests' cgroups
+# Every test database is a new installation, hence a new cgroup tree per hierarchy under this
+# host's `orchestra` roots; the controller removes the trees made during its session at its end.
+# Each session holds a shared lock on SESSIONS_LOCK for its life, and cleans up only if it then
+# gets the lock exclusively: a tree another session (a second pytest on the same machine) is
+# still using is never touched.
+SESSIONS_LOCK = Path(tempfile.gettempdir()) / "orchestra-test-sessions.lock"
+_CGROUPS_BEFORE = pytest.StashKey[set[str]]()
+_SESSION_LOCK = pytest.StashKey[int]()
+
+
+def _cgroup_children() -> set[str]:
+    """The installation directories under this host's `orchestra` cgroup roots (one per
+    hierarchy the local backend uses; none without cgroups)."""
+    from orchestra.backends.containment import detect
+
+    children: set[str] = set()
+    for base in getattr(detect("orchestra"), "bases", {}).values():
+        with contextlib.suppress(OSError):
+            children.update(entry.path for entry in os.scandir(base) if entry.is_dir())
+    return children
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: its controller outlives it
+    fd = os.open(SESSIONS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    session.config.stash[_SESSION_LOCK] = fd
+    session.config.stash[_CGROUPS_BEFORE] = _cgroup_children()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """rmdir only, deepest first: a group that still holds a process stays."""
+    fd = session.config.stash.get(_SESSION_LOCK, None)
+    if fd is None:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another session is running: its trees (and ours) are left for later
+        for tree in _cgroup_children() - session.config.stash[_CGROUPS_BEFORE]:
+            for top, dirs, _ in os.walk(tree, topdown=False):
+                for name in dirs:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.join(top, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(tree)
+    finally:
+        os.close(fd)
