@@ -270,6 +270,9 @@ class Scheduler:
         self.holds: dict[holds.Key, holds.HoldState] = {}
         self._holds_known = False  # `holds` was read from the database (by a full cycle's fill)
         self._kills_seen_until: float | None = None  # `_mail_direct_kills` looked at kills up to here
+        # Live attempts as the last pass left them: the survey's, minus the ends it recorded, plus
+        # the launches that started (only the scheduler creates or ends attempts). See `busy`.
+        self._live_left = 0
         self._sqlite = is_sqlite(ctx.engine)
         self._sql = _Statements(self._sqlite)
         # Acknowledgements deferred (issue 18). The service loop sets `defer_acks`: a launch's
@@ -340,6 +343,15 @@ class Scheduler:
         if self._unacked:
             with self.tx():
                 pass
+
+    @property
+    def busy(self) -> bool:
+        """The last pass left live attempts (or started some): `--until-idle` need not ask the
+        database whether anything remains (a statement after every pass, issue 18). An attempt
+        counted here that ended or was refused meanwhile only costs one more pass, whose survey
+        reads the database's own live attempts; a pass that leaves none says False, and the
+        database is asked as before."""
+        return self._live_left > 0
 
     @property
     def unacked(self) -> int:
@@ -519,6 +531,7 @@ class Scheduler:
                 self._mark_stopping(session, timed_out, "timeout")
         if timed_out or stopping:
             self._kill(timed_out + stopping)  # returns at once; the attempts end when their processes do
+        self._live_left = len(live) - len(endings)
         return _Observed(now, live, list(by_cluster), endings, confirmed, waiting, strangers)
 
     def _as_acknowledged(self, attempt: LiveAttempt) -> LiveAttempt:
@@ -1001,6 +1014,7 @@ class Scheduler:
         """
         now = self.clock()
         ok = [(s, l) for s, l in zip(specs, launched) if l.error is None]
+        self._live_left += len(ok)
         infra = [(s, l) for s, l in zip(specs, launched) if l.error is not None and l.infra]
         refused = [(s, l) for s, l in zip(specs, launched) if l.error is not None and not l.infra]
         for s, _ in ok:
