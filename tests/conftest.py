@@ -188,11 +188,13 @@ _SESSION_LOCK = pytest.StashKey[int]()
 
 def _cgroup_children() -> set[str]:
     """The installation directories under this host's `orchestra` cgroup roots (one per
-    hierarchy the local backend uses; none without cgroups)."""
+    hierarchy the local backend uses; none without cgroups), and `orchestra-test` (the
+    containment tests' own root)."""
     from orchestra.backends.containment import detect
 
     children: set[str] = set()
-    for base in getattr(detect("orchestra"), "bases", {}).values():
+    bases = [b for root in ("orchestra", "orchestra-test") for b in getattr(detect(root), "bases", {}).values()]
+    for base in bases:
         with contextlib.suppress(OSError):
             children.update(entry.path for entry in os.scandir(base) if entry.is_dir())
     return children

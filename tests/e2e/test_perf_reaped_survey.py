@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,19 +22,30 @@ from orchestra.paths import state_root
 from tests.helpers import write_config
 
 
+INST = "inst"  # this test's installation (see `_own_installation`)
+
+
+@pytest.fixture(autouse=True)
+def _own_installation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own installation, hence its own cgroups: two tests run at once (xdist
+    workers) with the same attempt names shared `inst/orc-1-0-1`, and each supervisor waited
+    for the other's to leave the group, for ever."""
+    monkeypatch.setattr(sys.modules[__name__], "INST", f"inst-{uuid.uuid4().hex[:12]}")
+
+
 def _backend(storage: Path, tmp_path: Path) -> tuple[LocalBackend, ClusterConfig, QueueConfig]:
     queue = QueueConfig(name="cpu", slots=4, cpu=1.0, memory="1Gi", gpu=0)
     cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
     settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
                               "ORCHESTRA_HOME": str(tmp_path)})
-    return LocalBackend(cluster, settings, "inst"), cluster, queue
+    return LocalBackend(cluster, settings, INST), cluster, queue
 
 
 def _spec(storage: Path, cluster: ClusterConfig, queue: QueueConfig, index: int, command: str) -> LaunchSpec:
     name = f"orc-1-{index}-1"
     return LaunchSpec(name, 1, "t", index, index, 1, "alice", queue, "img", command,
                       str(storage / "alice" / "t" / f"job_{index:06d}"),
-                      str(state_root(storage, "inst") / name / "log"), None, cluster)
+                      str(state_root(storage, INST) / name / "log"), None, cluster)
 
 
 def _ended(backend: LocalBackend, names: list[str]) -> None:
@@ -58,7 +71,7 @@ def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_kee
         launched = backend.launch([ok, failed])
         assert all(one.pid for one in launched)
         _ended(backend, [ok.backend_name, failed.backend_name])
-        state = state_root(storage, "inst")
+        state = state_root(storage, INST)
         assert (state / ok.backend_name / "exit").read_text().strip() == "0"
         (state / ok.backend_name / "exit").unlink()  # gone: the exit status alone must tell
         before = time.time()
@@ -83,12 +96,12 @@ def test_a_state_root_removed_under_the_backend_is_made_again(storage: Path, tmp
         assert launched.pid and launched.error is None
         _ended(backend, [first.backend_name])
         backend.survey([Tracked(first.backend_name, first.log_path)])
-        shutil.rmtree(state_root(storage, "inst"))  # an admin's cleanup while the scheduler runs
+        shutil.rmtree(state_root(storage, INST))  # an admin's cleanup while the scheduler runs
         second = _spec(storage, cluster, queue, 1, "true")
         [launched] = backend.launch([second])
         assert launched.pid and launched.error is None
         _ended(backend, [second.backend_name])
-        assert (state_root(storage, "inst") / second.backend_name / "exit").read_text().strip() == "0"
+        assert (state_root(storage, INST) / second.backend_name / "exit").read_text().strip() == "0"
     finally:
         backend.close()
 
@@ -109,3 +122,4 @@ def test_output_directories_are_0750_whatever_the_umask(storage: Path, tmp_path:
             backend.close()
     finally:
         os.umask(old)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -222,13 +223,14 @@ def test_local_backend_refuses_a_linked_state_dir(storage: Path, victim: Path, t
     cluster = ClusterConfig("LPS", "local", storage, {"cpu": queue}, "cpu", False)
     settings = load_settings({"ORCHESTRA_CONFIG": str(write_config(tmp_path / "o.toml", storage)),
                               "ORCHESTRA_HOME": str(tmp_path)})
-    state = state_root(storage, "inst")
+    installation = f"inst-{uuid.uuid4().hex[:12]}"  # its own cgroups, whatever runs beside it
+    state = state_root(storage, installation)
     state.mkdir(parents=True)
     (state / "orc-1-0-1").symlink_to(victim)
     root = storage / "alice" / "t"
     spec = LaunchSpec("orc-1-0-1", 1, "t", 1, 0, 1, "alice", queue, "img", "echo hi", str(root / "job_000000"),
                       str(state / "orc-1-0-1" / "log"), None, cluster)
-    backend = LocalBackend(cluster, settings, "inst")
+    backend = LocalBackend(cluster, settings, installation)
     [launched] = backend.launch([spec])
     assert launched.error and "symbolic link" in launched.error and launched.pid is None
     assert sorted(p.name for p in victim.iterdir()) == ["inner", "precious.txt"]
