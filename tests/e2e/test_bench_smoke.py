@@ -74,6 +74,32 @@ def test_limits_and_cycle_benchmarks_print_their_rows(kind: str, request: pytest
     assert re.match(r"[\d,]+\.\d\d ms, mean of 20;", limits["| limit: one minimal commit (one job row changed)"][5])
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_throughput_benchmark_prints_its_rows_with_their_spawn_limits(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The throughput rows: a real `orchestra scheduler run` takes the jobs to all done (the task's
+    recorded finish, read lock-free), each row beside the spawn limit measured just before it."""
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "throughput", "--db", kind]
+    if kind == "postgresql":
+        command += ["--postgres-url", request.getfixturevalue("postgres_url")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 200 trivial jobs")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("| 200 trivial jobs at 64 slots, submit -> all done (local backend)", kind),
+        ("| 200 trivial jobs at 2 slots, submit -> all done (local backend)", kind),
+    ]
+    parallel, serial = rows
+    assert re.fullmatch(r"[\d,]+ jobs/s spawn, \d+ launcher threads, just before the run", parallel[3]), parallel
+    assert re.fullmatch(r"[\d,]+ jobs/s spawn, serially, just before the run", serial[3]), serial
+    for row, goal in ((parallel, 50), (serial, 25)):
+        assert re.fullmatch(r"[\d.]+ s", row[2]) and float(row[2][:-2]) > 0, row
+        assert re.fullmatch(rf"\d+ % \(goal >= {goal} %: (meets|misses)\)", row[4]), row
+        assert re.match(r"[\d,]+ jobs/s, first job started [\d.]+ s after create, scheduler CPU [\d.]+ ms/job", row[5]), row
+    assert re.search(r"^Goals \(issue 18\), as fractions of limits measured in this run: [012] of 2 met\.$",
+                     out.stdout, re.M), out.stdout[-3000:]
+
+
 def cgroups_here() -> bool:
     """Whether this host lets us make cgroups of our own (the probe's groups removed again)."""
     groups = containment.detect("orchestra-bench-probe", f"p{os.getpid()}")
