@@ -52,14 +52,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
 
 from orchestra.backends.containment import detect, discard  # noqa: E402
 from orchestra.config import load_settings  # noqa: E402
-from orchestra.db.engine import connect, make_engine, upgrade  # noqa: E402
-from orchestra.db.models import Dataset, DatasetFile, Job  # noqa: E402
+from orchestra.db.driver_reads import DriverRead  # noqa: E402
+from orchestra.db.engine import connect, is_sqlite, make_engine, upgrade  # noqa: E402
+from orchestra.db.models import Dataset, DatasetFile, Job, Task  # noqa: E402
 from orchestra.services import datasets, tasks  # noqa: E402
 from orchestra.security.identity import Identity  # noqa: E402
 from orchestra.services.context import Context  # noqa: E402
@@ -116,26 +117,28 @@ class Databases:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         self.sqlite_files = []
-        if self.created:
-            admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                for name in self.created:
-                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        self._drop_created(checkpoint=True)
+        os.sync()
+
+    def _drop_created(self, checkpoint: bool = False) -> None:
+        """DROP the PostgreSQL databases made so far (and CHECKPOINT, where we may)."""
+        if not self.created:
+            return
+        admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in self.created:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            if checkpoint:
                 with contextlib.suppress(DBAPIError):  # needs pg_checkpoint on a server not ours
                     conn.execute(text("CHECKPOINT"))
-            admin.dispose()
-            self.created = []
-        os.sync()
+        admin.dispose()
+        self.created = []
 
     def close(self) -> None:
         if self.server is not None:
             self.server.cleanup()  # our own server: its data directory goes, databases and all
-        elif self.created:  # somebody else's server: leave it as we found it
-            admin = create_engine(self.pg, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                for name in self.created:
-                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            admin.dispose()
+        else:  # somebody else's server: leave it as we found it
+            self._drop_created()
 
 
 def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Context:
@@ -484,18 +487,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _task_progress(ctx: Context, task_id: int) -> tuple[str, float | None, float | None]:
-    """(status, first job start, finished_at) of a task, read without taking any lock."""
-    raw = ctx.engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute(f"SELECT status, finished_at, (SELECT min(started_at) FROM jobs WHERE task_id = {int(task_id)}) "
-                       f"FROM tasks WHERE id = {int(task_id)}")
-        status, finished, first = cursor.fetchone()
-        cursor.close()
-        raw.rollback()  # PostgreSQL's driver opened a (read) transaction: end it
-        return status, first, finished
-    finally:
-        raw.close()
+    """(status, first job start, finished_at) of a task, read as the scheduler reads its live
+    attempts (`DriverRead`: on the driver's connection, no session, so no write lock on SQLite)."""
+    first = select(func.min(Job.started_at)).where(Job.task_id == task_id).scalar_subquery()
+    read = DriverRead(select(Task.status, first, Task.finished_at).where(Task.id == task_id), is_sqlite(ctx.engine))
+    [(status, first_start, finished)] = read.read(ctx.engine)
+    return status, first_start, finished
 
 
 def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) -> dict:
@@ -522,9 +519,9 @@ def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) 
                                                       "user.bench.tdata", "bench/img", ": %DATA %IN %OUT",
                                                       bypass=True))
         # All done is when the scheduler recorded the task finished (its `finished_at`), not when
-        # this loop notices: the poll's period adds nothing. It reads on a driver connection in
-        # autocommit: a session's transaction on SQLite would take the write lock (BEGIN
-        # IMMEDIATE) 10 times a second, which the scheduler's own transactions would wait for.
+        # this loop notices: the poll's period adds nothing. It reads outside any session: a
+        # session's transaction on SQLite takes the write lock (BEGIN IMMEDIATE), which the
+        # scheduler's own transactions would wait for.
         status, first_start, finished = _task_progress(ctx, created.id)
         while status not in ("completed", "partial"):
             time.sleep(0.1)

@@ -122,4 +122,3 @@ def test_output_directories_are_0750_whatever_the_umask(storage: Path, tmp_path:
             backend.close()
     finally:
         os.umask(old)
-

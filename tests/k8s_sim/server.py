@@ -208,7 +208,7 @@ class KubeSim:
         self.url = ""
         self.kubeconfig_path = self._workdir / "kubeconfig"
 
-    def _hold(self, request: _Request) -> None:
+    def _hold(self) -> None:
         """Keep a call in the server for `latency`, and until `gate` calls are in it at once."""
         with self._gate_changed:
             self.in_flight += 1
@@ -251,6 +251,8 @@ class KubeSim:
         """Stop serving HTTP, cutting every connection (watch streams end mid-stream), as an API
         server restart does; the pods (etcd) and the node carry on. `api_up` serves again."""
         self._stopping.set()
+        with self._gate_changed:
+            self._gate_changed.notify_all()  # calls held at the gate are served (and cut) now
         if self._server is not None:
             self._server.shutdown()
             with self._lock:
@@ -405,7 +407,7 @@ class KubeSim:
             handler.send_json(denial.code, self._denied(request, denial))
             return
         if self.latency > 0 or self.gate > 0:
-            self._hold(request)
+            self._hold()
         fault = self._fault(request)
         if fault == "error":
             handler.send_json(500, status_object(500, "InternalError", "Internal error occurred: injected fault"))
