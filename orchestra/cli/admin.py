@@ -136,14 +136,20 @@ def scheduler_run(
     port = metrics_port or ctx.settings.scheduler.metrics_port
     metrics = service_metrics.Metrics(ctx.settings) if port else None
     host = ctx.settings.scheduler.metrics_host
-    server = service_metrics.serve(metrics, port, host) if metrics else None  # a port in use: refused here
     say = logging.getLogger("orchestra.scheduler").info
-    if server is not None:
-        say(f"metrics at http://{host}:{port}/metrics")
+    servers = []
+
+    def serve_metrics() -> None:  # once the loop handles SIGTERM: a scrape that answers means it does
+        if metrics is not None:
+            servers.append(service_metrics.serve(metrics, port, host))  # a port in use: refused here
+            say(f"metrics at http://{host}:{port}/metrics")
+
     try:
-        code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval), say=say, metrics=metrics)
+        code = run_loop(ctx, LoopOptions(once=once, until_idle=until_idle, interval=interval), say=say,
+                        metrics=metrics, on_signals=serve_metrics)
     finally:
-        service_metrics.stop(server)
+        for server in servers:
+            service_metrics.stop(server)
     raise typer.Exit(code)
 
 

@@ -421,14 +421,19 @@ def _unavailable_cluster(ctx: Context, exc: Exception) -> str:
     return str(getattr(exc, "cluster", "") or (remote[0] if len(remote) == 1 else "unknown"))
 
 
-def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, metrics: Metrics | None = None) -> int:
+def run(ctx: Context, options: LoopOptions, say: Callable[[str], None] = print, metrics: Metrics | None = None,
+        on_signals: Callable[[], None] | None = None) -> int:
     """The service loop; returns the process exit code. With `metrics`, each cycle's report feeds
-    them and their gauges are refreshed after it (orchestra/metrics.py)."""
+    them and their gauges are refreshed after it (orchestra/metrics.py). `on_signals` runs once
+    SIGTERM and SIGINT are the loop's: whatever announces the service (the metrics endpoint) starts
+    there, so a stop sent as soon as it answers is a clean stop, not the signal's default death."""
     scheduler = Scheduler(ctx)
     scheduler.defer_acks = True  # written by the next pass, or before the loop waits or stops
     interval = options.interval if options.interval is not None else ctx.settings.scheduler.interval
     waker = Waker(ctx, ctx.settings.scheduler.poll_interval)
     waker.install_signals()
+    if on_signals is not None:
+        on_signals()
     if not options.once:
         scheduler.set_wakeup(waker.poke)  # e.g. the Kubernetes pod watch: a pod ended
     announced = False
