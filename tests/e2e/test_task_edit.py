@@ -52,7 +52,9 @@ def test_broken_task_edited_then_retried_runs_the_new_command(cli: Cli, storage:
     register(cli, storage, 4)
     create(cli, "echo cannot open %IN >&2; exit 3; %DATA %OUT")
     ctx = Context.from_env()
-    scheduler = cycles_until(ctx, lambda: task_status(ctx, TASK) == "broken")
+    # Broken stops the queued scouts; one already running ends by itself (an edit waits for it).
+    scheduler = cycles_until(ctx, lambda: task_status(ctx, TASK) == "broken"
+                             and not {"starting", "running"} & set(job_states(ctx, TASK).values()))
     out = cli.ok(f"maestro task edit -t {TASK} --exec 'cat %DATA %IN > %OUT/result.txt' --max-retries 2 "
                  "--containerImage alice/img:v2").out
     assert out.startswith(f"edited {TASK} (broken): ") and "4 unfinished job(s) get the new command" in out
