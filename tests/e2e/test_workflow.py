@@ -43,7 +43,9 @@ def test_failing_scouts_break_the_task_with_reason(cli: Cli, storage: Path, env:
     register(cli, storage, 8)
     create(cli, "broken", "echo cannot open %IN >&2; exit 3; %DATA %OUT")
     ctx = Context.from_env()
-    cycles_until(ctx, lambda: task_status(ctx, "user.alice.broken") == "broken")
+    # Broken stops the queued scouts; one already running ends by itself (the retry below needs it ended).
+    cycles_until(ctx, lambda: task_status(ctx, "user.alice.broken") == "broken"
+                 and not {"starting", "running"} & set(job_states(ctx, "user.alice.broken").values()))
     states = job_states(ctx, "user.alice.broken")
     assert sorted(states.values()).count("held") == 5  # 3 scouts failed, nothing else ran
     detail = cli.ok("maestro task show -t user.alice.broken").out
