@@ -53,3 +53,56 @@ def test_links_are_followed_and_a_loop_is_named(tmp_path: Path) -> None:
 def test_empty_directory_lists_nothing(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     assert list_files(tmp_path) == ([], [])
+
+
+def test_a_large_directory_is_statted_by_two_processes_with_the_same_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestra.services import datasets
+
+    make(tmp_path / "data", {f"f{i:03d}": i for i in range(40)})
+    make(tmp_path / "data" / "sub", {"inner": 3})
+    (tmp_path / "data" / "zz-broken").symlink_to(tmp_path / "nowhere")  # in the child's half: skipped
+    (tmp_path / "data" / "zz-link").symlink_to(tmp_path / "data" / "f001")
+    serial = list_files(tmp_path / "data")
+    real_fork, forks = os.fork, []
+    real_serial, here = datasets._stat_serial, []
+    monkeypatch.setattr(datasets, "PARALLEL_STAT_MIN", 8)
+    monkeypatch.setattr(datasets, "may_fork", lambda: True)
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+    monkeypatch.setattr(datasets, "_stat_serial", lambda *a: here.append(len(a[1])) or real_serial(*a))
+    assert list_files(tmp_path / "data") == serial
+    assert len(forks) == 1  # the top directory (43 entries) only; "sub" has one
+    assert here == [21, 1]  # this process stats its half of the top and "sub": the child's half came back
+    assert serial[0][-3:] == [str(tmp_path / "data" / n) for n in ("f039", "sub/inner", "zz-link")]
+    assert serial[1][-3:] == [39, 3, 1]
+
+
+def test_an_error_in_the_childs_half_is_raised_naming_the_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestra.services import datasets
+
+    make(tmp_path, {f"f{i:03d}": 1 for i in range(20)})
+    (tmp_path / "zz-loop").symlink_to(tmp_path / "zz-loop")  # stat: ELOOP, in the child's half
+    monkeypatch.setattr(datasets, "PARALLEL_STAT_MIN", 8)
+    monkeypatch.setattr(datasets, "may_fork", lambda: True)
+    with pytest.raises(OSError) as caught:
+        list_files(tmp_path)
+    assert caught.value.errno == errno.ELOOP and caught.value.filename == str(tmp_path / "zz-loop")
+
+
+def test_no_child_is_forked_while_another_thread_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from orchestra.services import datasets
+
+    make(tmp_path, {f"f{i:03d}": i for i in range(20)})
+    monkeypatch.setattr(datasets, "PARALLEL_STAT_MIN", 8)
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked beside another thread"))
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert not datasets.may_fork()
+        assert list_files(tmp_path)[1] == list(range(20))
+    finally:
+        release.set()
+        other.join()
