@@ -13,7 +13,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ClauseElement, ColumnElement, Table, Text, TypeDecorator, any_, bindparam, func, insert, select, update
+from sqlalchemy import (ClauseElement, Column, ColumnElement, Integer, String, Table, Text, TypeDecorator, any_, bindparam,
+                        func, insert, literal_column, select, update)
+from sqlalchemy.sql.elements import BinaryExpression
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -166,11 +168,36 @@ def _update_statement(table: Table, columns: tuple[str, ...], key: str, where: S
     changes = {c: (table.c[c] + value[c] if c in add else value[c]) for c in columns if c != key}
     sets = {c: (v if isinstance(v, ClauseElement) else bindparam(f"fix_{c}", type_=table.c[c].type))
             for c, v in fixed.items()}
-    statement = update(table).where(table.c[key] == value[key], *where).values({**changes, **sets})
+    guards = [_filter_only(w, table) for w in where] if unnest else list(where)
+    statement = update(table).where(table.c[key] == value[key], *guards).values({**changes, **sets})
     if len(_UPDATES) >= UPDATE_CACHE_SIZE:
         del _UPDATES[next(iter(_UPDATES))]
     entry = _UPDATES[cache_key] = _Update(statement, (table, tuple(where), tuple(fixed.values())))
     return entry
+
+
+def _filter_only(condition: ColumnElement[bool], table: Table) -> ColumnElement[bool]:
+    """A `where` guard of the unnest UPDATE as a filter on the rows the key finds, never a way to
+    find them: `jobs.status = 'starting'` becomes `(jobs.status || '') = 'starting'`, an integer
+    column `c + 0`, which no index matches.
+
+    Why (issue 18): a guard on a transient state is planned from statistics taken when that state
+    had no rows. After an ANALYZE of a 1M-row jobs table with none `starting`, PostgreSQL
+    estimated 1 row for `status = 'starting'`, drove the acknowledgement's UPDATE from that index
+    and ran `unnest()` once per row it found: 1,000 acknowledgements cost 1,000 x 1,000
+    comparisons, 160-190 ms instead of 15-22 ms by the primary key. A guard of another shape is
+    left as it is."""
+    if not (isinstance(condition, BinaryExpression) and isinstance(condition.left, Column)
+            and condition.left.table is table):
+        return condition
+    column = condition.left
+    if isinstance(column.type, String):  # Text and the enums' strings too
+        hidden: ColumnElement[Any] = column.op("||")(literal_column("''"))
+    elif isinstance(column.type, Integer):
+        hidden = column + literal_column("0")
+    else:
+        return condition
+    return condition.operator(hidden, condition.right)  # type: ignore[no-any-return]
 
 
 def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, key: str = "id",
