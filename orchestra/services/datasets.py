@@ -103,16 +103,19 @@ def stat_names(folder: int, names: list[str], directory: str) -> tuple[list[int]
         return _stat_serial(folder, names, directory)
     half = len(names) // 2
     child = _stat_in_child(folder, names[half:])
-    first = _stat_serial(folder, names[:half], directory)
-    second = child() if child is not None else None
+    try:
+        first = _stat_serial(folder, names[:half], directory)
+    finally:  # also when this half raised: the child is waited for, never left a zombie
+        second = child() if child is not None else None
     if second is None:
         second = _stat_serial(folder, names[half:], directory)
     return first[0] + second[0], first[1] + second[1]
 
 
 def may_fork() -> bool:
-    """Whether a helper child may be forked: more than one core, and no other thread here."""
-    return (os.cpu_count() or 1) > 1 and threading.active_count() == 1
+    """Whether a helper child may be forked: more than one core to run on, and no other thread here."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores > 1 and threading.active_count() == 1
 
 
 def _stat_serial(folder: int, names: list[str], directory: str) -> tuple[list[int], list[int]]:

@@ -106,3 +106,27 @@ def test_no_child_is_forked_while_another_thread_runs(tmp_path: Path, monkeypatc
     finally:
         release.set()
         other.join()
+
+
+def test_an_error_in_this_process_half_still_waits_for_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestra.services import datasets
+
+    make(tmp_path, {f"f{i:03d}": 1 for i in range(20)})
+    (tmp_path / "a-loop").symlink_to(tmp_path / "a-loop")  # stat: ELOOP, in this process's half
+    real_fork, children = os.fork, []
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+        return pid
+
+    monkeypatch.setattr(datasets, "PARALLEL_STAT_MIN", 8)
+    monkeypatch.setattr(datasets, "may_fork", lambda: True)
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(OSError) as caught:
+        list_files(tmp_path)
+    assert caught.value.errno == errno.ELOOP and caught.value.filename == str(tmp_path / "a-loop")
+    [child] = children
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # already waited for: no zombie left behind
