@@ -226,6 +226,11 @@ def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     connection = session.connection()
     sqlite = is_sqlite(connection)
     unnest = len(rows) >= UNNEST_MIN_ROWS and not sqlite
+    if unnest:  # a column with one value in every row is sent once, not as an array of copies
+        same = {c: rows[0][c] for c in columns if c != key and c not in add and c not in fixed and _one_value(rows, c)}
+        if same:
+            columns = tuple(c for c in columns if c not in same)
+            fixed.update(same)
     entry = _update_statement(table, columns, key, where, fixed, add, unnest)
     constants = {f"fix_{c}": v for c, v in fixed.items() if not isinstance(v, ClauseElement)}
     if sqlite and entry.sqlite is None:
@@ -243,6 +248,18 @@ def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
         connection.execute(entry.statement, {**{f"arr_{c}": [r[c] for r in rows] for c in columns}, **constants})
     else:
         connection.execute(entry.statement, [{**{f"arr_{c}": r[c] for c in columns}, **constants} for r in rows])
+
+
+def _one_value(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
+    """Whether every row has the same value (of the same type) in `column`.
+
+    Issue 18: the end of 1,000 jobs sets status, exit code, reason and end time alike on every
+    row; sent as six 1,000-element arrays, PostgreSQL parsed 6,000 literals and the driver quoted
+    them (1M jobs: 36-38 ms a statement, 6.5 ms of it client CPU); with the shared values sent once,
+    27-29 ms and 2.6-3.9 ms."""
+    first = rows[0][column]
+    kind = type(first)
+    return all(type(value) is kind and value == first for value in (r[column] for r in rows))
 
 
 def one_of(session: Session, column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:

@@ -184,3 +184,29 @@ def test_a_guard_on_a_transient_state_never_drives_the_plan(cli: Cli, db_url: st
             raw.close()
         assert "ix_jobs_task_status" not in plan, plan  # found by their ids, the guard a filter
     engine.dispose()
+
+
+def test_a_value_shared_by_every_row_is_sent_once_and_still_set(engine: Engine, db_url: str) -> None:
+    from sqlalchemy import event
+
+    captured: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: captured.append(statement))
+    with Session(engine) as session, session.begin():
+        ids = dict(session.execute(select(User.name, User.id)).all())
+        rows = [{"id": ids[f"u{i}"], "usage": float(i) / 2, "share": 0.25, "max_running": None}
+                for i in range(UNNEST_MIN_ROWS + 4)]
+        rows[3]["share"] = 0.25  # the same value, an equal float: still one value
+        bulk_update(session, USERS, rows, fixed={"usage_at": 5.0})
+    after = users(engine)
+    assert [after[f"u{i}"] for i in range(UNNEST_MIN_ROWS + 4)] == [
+        (0.25, i / 2, 5.0, None) for i in range(UNNEST_MIN_ROWS + 4)]
+    assert after[f"u{UNNEST_MIN_ROWS + 4}"] == (1.0, float(UNNEST_MIN_ROWS + 4), 0.0, None)  # not in the rows
+    if not db_url.startswith("sqlite"):
+        [statement] = [s for s in captured if s.startswith("UPDATE users")]
+        assert "unnest(%(arr_id)s::BIGINT[], %(arr_usage)s::FLOAT[])" in statement, statement  # usage varies
+        assert "share=%(fix_share)s" in statement and "max_running=%(fix_max_running)s" in statement
+    with Session(engine) as session, session.begin():  # True == 1, but not the same value: not folded
+        bulk_update(session, USERS, [{"id": ids[f"u{i}"], "max_running": 1 if i else True}
+                                     for i in range(UNNEST_MIN_ROWS)])
+    assert {after_row[3] for name, after_row in users(engine).items() if int(name[1:]) < UNNEST_MIN_ROWS} == {1}
