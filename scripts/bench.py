@@ -47,13 +47,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.engine import Connection, make_url  # noqa: E402
 from sqlalchemy.exc import DBAPIError  # noqa: E402
 
 from orchestra.backends.containment import detect, discard  # noqa: E402
@@ -129,8 +130,7 @@ class Databases:
             for name in self.created:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             if checkpoint:
-                with contextlib.suppress(DBAPIError):  # needs pg_checkpoint on a server not ours
-                    conn.execute(text("CHECKPOINT"))
+                _checkpoint(conn)
         admin.dispose()
         self.created = []
 
@@ -139,6 +139,12 @@ class Databases:
             self.server.cleanup()  # our own server: its data directory goes, databases and all
         else:  # somebody else's server: leave it as we found it
             self._drop_created()
+
+
+def _checkpoint(conn: Connection) -> None:
+    """CHECKPOINT on an autocommit connection, where we may (a server not ours needs pg_checkpoint)."""
+    with contextlib.suppress(DBAPIError):
+        conn.execute(text("CHECKPOINT"))
 
 
 def context(work: Path, url: str, slots: int = 1000, user: str = "bench") -> Context:
@@ -278,8 +284,7 @@ def populate_queue(work: Path, dbs: Databases, kind: str, queued: int, users: in
         # acknowledgement's UPDATE went from 45 to 190 ms after one (fixed in bulk_update's guards).
         with ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM (ANALYZE)"))
-            with contextlib.suppress(DBAPIError):  # needs pg_checkpoint on a server not ours
-                conn.execute(text("CHECKPOINT"))
+            _checkpoint(conn)
     ctx.engine.dispose()
     return url
 
@@ -495,13 +500,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _task_progress(ctx: Context, task_id: int) -> tuple[str, float | None, float | None]:
-    """(status, first job start, finished_at) of a task, read as the scheduler reads its live
-    attempts (`DriverRead`: on the driver's connection, no session, so no write lock on SQLite)."""
+def _task_progress(ctx: Context, task_id: int) -> Callable[[], tuple[str, float | None, float | None]]:
+    """A read of (status, first job start, finished_at) of a task, compiled once for the poll, run
+    as the scheduler reads its live attempts (`DriverRead`: on the driver's connection, no
+    session, so no write lock on SQLite)."""
     first = select(func.min(Job.started_at)).where(Job.task_id == task_id).scalar_subquery()
     read = DriverRead(select(Task.status, first, Task.finished_at).where(Task.id == task_id), is_sqlite(ctx.engine))
-    [(status, first_start, finished)] = read.read(ctx.engine)
-    return status, first_start, finished
+
+    def progress() -> tuple[str, float | None, float | None]:
+        [(status, first_start, finished)] = read.read(ctx.engine)
+        return status, first_start, finished
+
+    return progress
 
 
 def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) -> dict:
@@ -531,10 +541,11 @@ def bench_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int) 
         # this loop notices: the poll's period adds nothing. It reads outside any session: a
         # session's transaction on SQLite takes the write lock (BEGIN IMMEDIATE), which the
         # scheduler's own transactions would wait for.
-        status, first_start, finished = _task_progress(ctx, created.id)
+        progress = _task_progress(ctx, created.id)
+        status, first_start, finished = progress()
         while status not in ("completed", "partial"):
             time.sleep(0.1)
-            status, first_start, finished = _task_progress(ctx, created.id)
+            status, first_start, finished = progress()
         seconds = finished - submitted
         cpu = _cpu_seconds(scheduler.pid) - cpu_before
         assert status == "completed", status

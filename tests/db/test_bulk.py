@@ -32,6 +32,19 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def tasks_of_alice(cli: Cli, storage: Path, configs: int, names: tuple[str, ...]) -> None:
+    """alice's datasets (`configs` config files, one data file) and a bypassed task per name, not expanded."""
+    (storage / "configs").mkdir()
+    for i in range(configs):
+        (storage / "configs" / f"c{i}").write_text(str(i))
+    (storage / "data").write_text("d")
+    cli.ok(f"orchestra_registry -d user.alice.configs -p {storage / 'configs'} --cluster LPS")
+    cli.ok(f"orchestra_registry -d user.alice.data -p {storage / 'data'} --cluster LPS")
+    for name in names:
+        cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t user.alice.{name} "
+               "--containerImage x --exec 'run %DATA %IN %OUT' --bypass")
+
+
 def users(engine: Engine) -> dict[str, tuple[float, float, float, int | None]]:
     with Session(engine) as session:
         return {r.name: (r.share, r.usage, r.usage_at, r.max_running) for r in session.execute(
@@ -86,15 +99,7 @@ def test_one_of_matches_hundreds_of_values_and_none(engine: Engine) -> None:
 
 
 def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: str, storage: Path) -> None:
-    (storage / "configs").mkdir()
-    for i in range(6):
-        (storage / "configs" / f"c{i}").write_text(str(i))
-    (storage / "data").write_text("d")
-    cli.ok(f"orchestra_registry -d user.alice.configs -p {storage / 'configs'} --cluster LPS")
-    cli.ok(f"orchestra_registry -d user.alice.data -p {storage / 'data'} --cluster LPS")
-    for name in ("a", "b"):
-        cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t user.alice.{name} "
-               "--containerImage x --exec 'run %DATA %IN %OUT' --bypass")
+    tasks_of_alice(cli, storage, 6, ("a", "b"))
     engine = connect(db_url)
     with Session(engine) as session, session.begin():
         a, b = session.scalars(select(Task.id).order_by(Task.id)).all()
@@ -137,13 +142,7 @@ def test_a_guard_on_a_transient_state_never_drives_the_plan(cli: Cli, db_url: st
     from orchestra.scheduler.cycle import _JOB_STARTING
     from sqlalchemy import event, func, text
 
-    (storage / "configs").mkdir()
-    (storage / "configs" / "c0").write_text("0")
-    (storage / "data").write_text("d")
-    cli.ok(f"orchestra_registry -d user.alice.configs -p {storage / 'configs'} --cluster LPS")
-    cli.ok(f"orchestra_registry -d user.alice.data -p {storage / 'data'} --cluster LPS")
-    cli.ok("maestro task create -c user.alice.configs -d user.alice.data -t user.alice.big "
-           "--containerImage x --exec 'run %DATA %IN %OUT' --bypass")
+    tasks_of_alice(cli, storage, 1, ("big",))
     engine = connect(db_url)
     jobs = Job.__table__
     with Session(engine) as session, session.begin():
