@@ -315,9 +315,7 @@ class LocalBackend:
             if not fresh and (_exists_in(folder, "exit") or _exists_in(folder, "pid")):
                 return self._adopt(spec.backend_name, state)  # ran before: never run it twice
             try:
-                self._probe_storage(folder, state)
-            except UntrustedPath as exc:
-                return Launched(spec.backend_name, error=f"cannot prepare {state}: {exc}")
+                self._probe_storage(fd, fresh)
             except OSError as exc:
                 return self._refused(spec.backend_name, exc, f"cannot prepare {state}")
             try:
@@ -403,15 +401,19 @@ class LocalBackend:
             return Launched(name, error=f"cannot start jobs: {what}: {why}", infra=True)
         return Launched(name, error=f"{what}: {why}")
 
-    def _probe_storage(self, folder: int, state: Path) -> None:
-        """Write a few bytes in the attempt's state directory (who launched it, when): a full, over
-        quota or read-only storage refuses them here, before the job runs, and not later, when its
-        supervisor could not record its pid and exit status (the job would run, then be lost)."""
-        fd = open_in(folder, "launched", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, shown=f"{state}/launched")
-        try:
-            os.write(fd, f"{self.host} {os.getpid()} {time.time():.3f}\n".encode())
-        finally:
-            os.close(fd)  # a network storage may report a full disk only here
+    def _probe_storage(self, lock: int, fresh: bool) -> None:
+        """Write a few bytes (who launched the attempt, when) into its lock file: a full, over quota
+        or read-only storage refuses them here, before the job runs, and not later, when its
+        supervisor could not record its pid and exit status (the job would run, then be lost).
+        The lock is open already: a probe file of its own cost one more file creation on the
+        storage per attempt (issue 18). A network storage may report a full disk only when a
+        descriptor of the file is closed: closing a duplicate asks it now, the lock stays held."""
+        data = f"{self.host} {os.getpid()} {time.time():.3f}\n".encode()
+        if os.pwrite(lock, data, 0) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if not fresh:
+            os.ftruncate(lock, len(data))  # an interrupted earlier launch's bytes
+        os.close(os.dup(lock))
 
     def _prepare_owner_dir(self, spec: LaunchSpec, owner_ids: tuple[int, int] | None) -> None:
         """`<storage>/<owner>` made for the owner (0750) when it does not exist, so the job (as

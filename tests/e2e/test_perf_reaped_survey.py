@@ -122,3 +122,27 @@ def test_output_directories_are_0750_whatever_the_umask(storage: Path, tmp_path:
             backend.close()
     finally:
         os.umask(old)
+
+
+def test_the_launch_probe_is_written_into_the_lock_file_not_a_file_of_its_own(storage: Path, tmp_path: Path) -> None:
+    """The bytes that test the storage before a job runs (a full disk refuses them) go into the
+    attempt's lock, already open: one file creation less per attempt. An interrupted earlier
+    launch's lock (its directory made, the job never started) gets its old bytes cut off."""
+    backend, cluster, queue = _backend(storage, tmp_path)
+    try:
+        first, again = (_spec(storage, cluster, queue, i, "true") for i in (0, 1))
+        state = state_root(storage, INST)
+        (state / again.backend_name).mkdir(parents=True)
+        (state / again.backend_name / "lock").write_text("x" * 4096 + "\n")  # no pid, no exit: never ran
+        before = time.time()
+        launched = backend.launch([first, again])
+        assert all(one.pid and one.error is None for one in launched)
+        _ended(backend, [first.backend_name, again.backend_name])
+        for spec in (first, again):
+            folder = state / spec.backend_name
+            assert sorted(os.listdir(folder)) == ["exit", "lock", "log", "pid"]
+            host, pid, when = (folder / "lock").read_text().split()
+            assert (host, int(pid)) == (backend.host, os.getpid()) and before - 1 <= float(when) <= time.time()
+        backend.survey([Tracked(s.backend_name, s.log_path) for s in (first, again)])
+    finally:
+        backend.close()
