@@ -5,8 +5,8 @@ what this machine can do at best, measured the same minute. Three kinds of limit
 
 - spawn: the local backend's own supervisor (`local.WRAPPER`, the same `/bin/sh -c WRAPPER` argv,
   the same clean environment from `local.job_environment` plus the `_ORC_*` control variables, a
-  flock'ed lock as its stdin and an append-only log as its stdout, its own session) around the
-  command `:`, started and waited for, serially and with one launcher thread per core. What it
+  flock'ed lock as its stdin and an append-only log as its stdout, a new state directory for its
+  pid and exit files, its own session) around the command `:`, started and waited for, serially and with one launcher thread per core. What it
   leaves out, and Orchestra pays on top: the state directory checks, the storage probe, the job's
   output directory (here it exists already; Orchestra makes it before the spawn), cgroups
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
@@ -45,18 +45,27 @@ DEFAULT_MEMORY = parse_quantity(QueueConfig.memory)  # a queue's memory limit un
 
 
 class _Launcher:
-    """One launcher's private state directory, lock and log, reused spawn after spawn (the
-    wrapper overwrites its pid and exit files): the spawn itself is what is measured."""
+    """One launcher's lock and log, reused spawn after spawn, and a fresh state directory for
+    each spawn, made before the clock starts (`spawns` of them, plus one for the warm-up): the
+    wrapper creates its pid and exit files there, as in an attempt's new state directory. Reused
+    from spawn to spawn, those files were truncated and rewritten, which a launch never does:
+    ext4 (auto_da_alloc) flushes a file truncated and rewritten when it is closed, and that cost
+    the limit's wrapper a third of its rate here (2 launchers: 1,046 against 1,475 spawns/s,
+    alternated, 2026-12-02), so the limit read lower than what a launch's wrapper costs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spawns: int) -> None:
         self.state = root / "state"
         self.output = root / "output"
         self.state.mkdir(parents=True)
         self.output.mkdir()
+        self.fresh = [str(self.state / f"s{i}") for i in range(spawns + 1)]
+        for path in self.fresh:
+            os.mkdir(path)
+        self.fresh.reverse()  # popped from the end, in order
         self.env = job_environment(os.environ, home=os.environ.get("HOME", "/"), user="bench")
         self.env.update(ORCHESTRA_OUTPUT=str(self.output), ORCHESTRA_COMMAND=":", ORCHESTRA_TASK="bench.limits",
                         ORCHESTRA_JOB="0", ORCHESTRA_ATTEMPT="1", ORCHESTRA_USER="bench",
-                        _ORC_STATE=str(self.state), _ORC_JOIN="", _ORC_RUNAS="")
+                        _ORC_STATE="", _ORC_JOIN="", _ORC_RUNAS="")
         self.lock = os.open(self.state / "lock", os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.log = os.open(self.state / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -64,6 +73,7 @@ class _Launcher:
     def spawn(self, containment: Containment | None = None, name: str = "") -> None:
         """One spawn, waited for; with `containment`, inside groups of its own made before and
         removed after, as the local backend does for an attempt."""
+        self.env["_ORC_STATE"] = self.fresh.pop()
         if containment is not None:
             self.env["_ORC_JOIN"] = " ".join(containment.prepare(name, pids_max=512, memory_max=DEFAULT_MEMORY))
         child = subprocess.Popen(["/bin/sh", "-c", WRAPPER], stdin=self.lock, stdout=self.log,
@@ -91,10 +101,10 @@ def spawn_rate(spawns: int, threads: int, containment: Containment | None = None
     its own, prepared before and removed after, as the local backend contains an attempt: what
     containment costs on this machine."""
     with tempfile.TemporaryDirectory(prefix="orchestra-bench-spawn-") as root:
-        launchers = [_Launcher(Path(root) / str(i)) for i in range(threads)]
+        each = [spawns // threads + (1 if i < spawns % threads else 0) for i in range(threads)]
+        launchers = [_Launcher(Path(root) / str(i), count) for i, count in enumerate(each)]
         try:
-            launchers[0].spawn()  # warm: the page cache holds /bin/sh and mv from now on
-            each = [spawns // threads + (1 if i < spawns % threads else 0) for i in range(threads)]
+            launchers[0].spawn()  # warm: the page cache holds /bin/sh from now on
             errors: list[BaseException] = []
 
             def run(launcher: _Launcher, count: int) -> None:
