@@ -394,7 +394,8 @@ def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: 
         rows.append({
             "scenario": f"scheduler cycle, {queued:,} queued, {users:,} users, 1,000 slots end + refill",
             "db": kind, "seconds": r["seconds"], "limit": judged,
-            "note": f"mean of {ROUNDS * CYCLES} cycles in {ROUNDS} alternated rounds (worst {ms(r['worst'])}), {r['started']:,.0f} dispatched each; "
+            "note": f"mean of {ROUNDS * CYCLES} cycles in {ROUNDS} alternated rounds (worst {ms(r['worst'])}), "
+                    f"{r['started']:,.0f} dispatched each; "
                     f"{r['started'] / r['steps']['dispatch']:,.0f} decisions/s "
                     f"(decide + record {ms(r['steps']['dispatch'])}, launch + acknowledge {ms(r['steps']['launch'])}, "
                     f"reconcile of the 1,000 ends {ms(r['steps']['reconcile'])}; raw set-based UPDATE of 1,000 of its "

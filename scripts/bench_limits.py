@@ -6,9 +6,10 @@ what this machine can do at best, measured the same minute. Three kinds of limit
 - spawn: the local backend's own supervisor (`local.WRAPPER`, the same `/bin/sh -c WRAPPER` argv,
   the same clean environment from `local.job_environment` plus the `_ORC_*` control variables, a
   flock'ed lock as its stdin and an append-only log as its stdout, a new state directory for its
-  pid and exit files, its own session) around the command `:`, started and waited for, serially and with one launcher thread per core. What it
-  leaves out, and Orchestra pays on top: the state directory checks, the storage probe, the job's
-  output directory (here it exists already; Orchestra makes it before the spawn), cgroups
+  pid and exit files, its own session) around the command `:`, started and waited for, serially
+  and with one launcher thread per core. What it leaves out, and Orchestra pays on top: the state
+  directory and its checks, the lock and log files and the storage probe written into the lock,
+  the job's output directory (here it exists already; Orchestra makes it before the spawn), cgroups
   (none here: `_ORC_JOIN` is empty, as on a machine without delegated cgroups) and the database.
   The same with the cgroups (prepared, joined, removed, as for an attempt of a queue with the
   default memory limit) is measured too and shown beside it, not judged: what containment itself
