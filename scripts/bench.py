@@ -85,13 +85,11 @@ class Databases:
         self.pg = postgres_url
         self.count = 0
         self.created: list[str] = []
-        self.sqlite_files: list[Path] = []
 
     def new(self, kind: str) -> str:
         self.count += 1
         if kind == "sqlite":
             path = self.work / f"bench{self.count}.db"
-            self.sqlite_files.append(path)
             return f"sqlite:///{path}"
         if self.pg is None:
             os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp())
@@ -110,15 +108,16 @@ class Databases:
         return make_url(self.pg).set(database=name).render_as_string(hide_password=False)
 
     def settle(self) -> None:
-        """Before a timed run: the databases of the scenarios before it dropped, their writes
-        flushed. The 1M-row cycle scenario leaves the PostgreSQL server busy for minutes
+        """Before a timed run: the PostgreSQL databases of the scenarios before it dropped, every
+        write flushed. The 1M-row cycle scenario leaves the PostgreSQL server busy for minutes
         (autovacuum of the big tables, a checkpoint of GBs of dirty buffers) and the page cache
         full of dirty pages: in a whole run, the 64-slot throughput on PostgreSQL measured right
-        after it reached 23-33 % of its spawn limit, where a throughput-only run got 45 %."""
-        for path in self.sqlite_files:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        self.sqlite_files = []
+        after it reached 23-33 % of its spawn limit, where a throughput-only run got 45 %.
+
+        The SQLite files stay until the end of the bench (`main` removes the whole work
+        directory): removed here, their GBs of blocks were discarded by the disk for seconds into
+        the first pair (/proc/diskstats), and removed files slow every file creation after them
+        for a minute or more on this machine (see `bench_limits.spawn_rate`)."""
         self._drop_created(checkpoint=True)
         os.sync()
 
@@ -468,17 +467,19 @@ def bench_metrics(work: Path, dbs: Databases, kind: str, queued: int, users: int
 SPAWN_LIMITS: dict[str, dict] = {}  # measured once per run, whatever the database
 
 
-def spawn_limits(quick: bool) -> dict[str, dict]:
-    """The local backend's wrapper around `:`, serially and with one launcher thread per core."""
+def spawn_limits(work: Path, quick: bool) -> dict[str, dict]:
+    """The local backend's wrapper around `:`, serially and with one launcher thread per core
+    (their directories left in `work`, removed at the end of the bench: see `spawn_rate`)."""
     if not SPAWN_LIMITS:
         cores = os.cpu_count() or 1
         serial = 50 if quick else 500
-        SPAWN_LIMITS["serial"] = bench_limits.spawn_rate(serial, 1)
-        SPAWN_LIMITS["parallel"] = bench_limits.spawn_rate(serial * cores, cores)
+        SPAWN_LIMITS["serial"] = bench_limits.spawn_rate(serial, 1, root=work / "limit-serial")
+        SPAWN_LIMITS["parallel"] = bench_limits.spawn_rate(serial * cores, cores, root=work / "limit-parallel")
         groups = detect("orchestra-bench", f"b{os.getpid()}")
         if groups.strong:  # what containment costs here: shown, not judged
             try:
-                SPAWN_LIMITS["contained"] = bench_limits.spawn_rate(serial * cores, cores, groups)
+                SPAWN_LIMITS["contained"] = bench_limits.spawn_rate(serial * cores, cores, groups,
+                                                                    root=work / "limit-contained")
             finally:
                 discard(groups)
     return SPAWN_LIMITS
@@ -491,7 +492,7 @@ def bench_limit_rows(work: Path, dbs: Databases, kind: str, quick: bool, first: 
     if first:
         for key, how in (("serial", "serially"), ("parallel", "by one launcher thread per core"),
                          ("contained", "in cgroups of its own, by one launcher thread per core (not judged)")):
-            s = spawn_limits(quick).get(key)
+            s = spawn_limits(work, quick).get(key)
             if s is None:
                 continue
             groups = ("cgroups prepared, joined and removed per spawn, as for an attempt: what containment costs"
@@ -607,33 +608,37 @@ PAIRS = 3  # throughput runs per row, each right after its own spawn limit; the 
 
 
 def paired_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int, quick: bool,
-                      parallel: bool) -> tuple[dict, dict, list[float]]:
+                      parallel: bool) -> tuple[dict, dict, list[float], list[float]]:
     """The throughput run and its spawn limit, measured in pairs, the limit just before the run.
 
     This machine's speed drifts by ±30 % over minutes (issue 18's notes): a limit measured once
     at the start and a run minutes later can disagree by that much. Each pair shares one moment;
     the pair with the median ratio is the one reported (its time, its limit), with every ratio.
-    `parallel`: the limit with one launcher thread per core, else serial.
-    Returns (run, limit, the ratios of all pairs in run order)."""
+    `parallel`: the limit with one launcher thread per core, else serial. Before each pair, the
+    cost of creating a file where the run's storage is (`bench_limits.file_creation`) is read.
+    Nothing is removed between pairs. Returns (run, limit, the ratios of all pairs in run order,
+    the file creation times before each pair, in seconds)."""
     threads = (os.cpu_count() or 1) if parallel else 1
     spawns = (50 if quick else 300) * threads
     pairs = []
+    creations = []
     for i in range(1 if quick else PAIRS):
-        s = bench_limits.spawn_rate(spawns, threads)
+        creations.append(bench_limits.file_creation(work / f"creation-{kind}-{slots}-{i}"))
+        s = bench_limits.spawn_rate(spawns, threads, root=work / f"limit-{kind}-{slots}-{i}")
         here = work / f"pair-{kind}-{slots}-{i}"
         here.mkdir()
         r = bench_throughput(here, dbs, kind, n, slots)
         pairs.append((r["jobs_per_s"] / s["per_s"], r, s))
     ranked = sorted(pairs, key=lambda pair: pair[0])
     _, run, spawn = ranked[len(ranked) // 2]
-    return run, spawn, [ratio for ratio, _, _ in pairs]
+    return run, spawn, [ratio for ratio, _, _ in pairs], creations
 
 
 def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool, quick: bool) -> list[dict]:
     rows = []
-    spawn = spawn_limits(quick)
+    spawn = spawn_limits(work, quick)
     for slots in (64, 2):
-        r, s, ratios = paired_throughput(work, dbs, kind, n, slots, quick, parallel=slots == 64)
+        r, s, ratios, creations = paired_throughput(work, dbs, kind, n, slots, quick, parallel=slots == 64)
         measured = (f"just before the run; median of {len(ratios)} pairs: " + ", ".join(f"{x:.0%}" for x in ratios)
                     if len(ratios) > 1 else "just before the run")
         if slots == 64:
@@ -646,7 +651,8 @@ def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: b
             SLURM_RESULTS[(n, slots)] = slurm_peer(n, slots)
         slurm = SLURM_RESULTS.get((n, slots))
         note = (f"{r['jobs_per_s']:,.0f} jobs/s, first job started {r['first_start_s']:.2f} s after create, "
-                f"scheduler CPU {r['cpu_ms_per_job']:.2f} ms/job")
+                f"scheduler CPU {r['cpu_ms_per_job']:.2f} ms/job; a file created beside its storage in "
+                f"{', '.join(f'{1e6 * c:.0f}' for c in creations)} µs just before {'each pair' if len(creations) > 1 else 'it'}")
         contained = spawn.get("contained")
         if slots == 64 and contained:
             note += (f"; {r['jobs_per_s'] / contained['per_s']:.0%} of the contained spawn rate "

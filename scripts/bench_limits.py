@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -94,40 +93,69 @@ class _Launcher:
         os.close(self.lock)
 
 
-def spawn_rate(spawns: int, threads: int, containment: Containment | None = None) -> dict:
+def spawn_rate(spawns: int, threads: int, containment: Containment | None = None, *, root: Path) -> dict:
     """Wrapper runs around `:` per second, start to end, with `threads` launchers each spawning
     and waiting in turn (1: serially; one per core: what parallel slots can get at best).
 
     With `containment` (shown beside the judged limit, not judged itself): each run in cgroups of
     its own, prepared before and removed after, as the local backend contains an attempt: what
-    containment costs on this machine."""
-    with tempfile.TemporaryDirectory(prefix="orchestra-bench-spawn-") as root:
-        each = [spawns // threads + (1 if i < spawns % threads else 0) for i in range(threads)]
-        launchers = [_Launcher(Path(root) / str(i), count) for i, count in enumerate(each)]
-        try:
-            launchers[0].spawn()  # warm: the page cache holds /bin/sh from now on
-            errors: list[BaseException] = []
+    containment costs on this machine.
 
-            def run(launcher: _Launcher, count: int) -> None:
-                try:
-                    for n in range(count):
-                        launcher.spawn(containment, f"limit-{id(launcher)}-{n}")
-                except BaseException as exc:  # re-raised below, in the caller's thread
-                    errors.append(exc)
+    The launchers' directories are made in `root` (a new directory) and left there: the caller
+    removes them once no timed run follows. Removed here, at once, they made the run measured next
+    pay for it: on an ext4 without a journal (this machine's root file system), the inode
+    allocator skips the inodes freed in the last minute (six, while their inode table is not
+    written back), one candidate at a time, so every file or directory the next run created
+    searched past the ~1,800 this limit had just freed. A 64-slot run spent 45 % of the
+    scheduler's CPU there (perf, `find_inode_bit` and `recently_deleted`, 2026-12-02), and it
+    creates three times as many inodes a job as the limit's wrapper does."""
+    root.mkdir()
+    each = [spawns // threads + (1 if i < spawns % threads else 0) for i in range(threads)]
+    launchers = [_Launcher(root / str(i), count) for i, count in enumerate(each)]
+    try:
+        launchers[0].spawn()  # warm: the page cache holds /bin/sh from now on
+        errors: list[BaseException] = []
 
-            workers = [threading.Thread(target=run, args=(launcher, count)) for launcher, count in zip(launchers, each)]
-            start = time.perf_counter()
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-            seconds = time.perf_counter() - start
-            if errors:
-                raise errors[0]
-        finally:
-            for launcher in launchers:
-                launcher.close()
+        def run(launcher: _Launcher, count: int) -> None:
+            try:
+                for n in range(count):
+                    launcher.spawn(containment, f"limit-{id(launcher)}-{n}")
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        workers = [threading.Thread(target=run, args=(launcher, count)) for launcher, count in zip(launchers, each)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        seconds = time.perf_counter() - start
+        if errors:
+            raise errors[0]
+    finally:
+        for launcher in launchers:
+            launcher.close()
     return {"seconds": seconds, "spawns": spawns, "threads": threads, "per_s": spawns / seconds}
+
+
+def file_creation(root: Path, files: int = 200) -> float:
+    """Mean seconds to create one empty file (and close it) in the new directory `root`; the files
+    are kept (see `spawn_rate`: removing them would slow what follows).
+
+    Not a limit, a reading of the file system's state, printed beside each throughput pair: on an
+    ext4 without a journal a creation costs several times more for a minute or six after many
+    files were removed (the inode allocator skips the recently freed ones, one at a time), and a
+    launch creates four (its state directory, lock and log, the job's output directory) where the
+    spawn limit's wrapper creates two."""
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        start = time.perf_counter()
+        for i in range(files):
+            os.close(os.open(f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=fd))
+        return (time.perf_counter() - start) / files
+    finally:
+        os.close(fd)
 
 
 def raw_update(url: str, rows: int = 1000, repeats: int = 5) -> float:

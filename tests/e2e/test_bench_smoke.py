@@ -95,7 +95,8 @@ def test_throughput_benchmark_prints_its_rows_with_their_spawn_limits(
     for row, goal in ((parallel, 50), (serial, 25)):
         assert re.fullmatch(r"[\d.]+ s", row[2]) and float(row[2][:-2]) > 0, row
         assert re.fullmatch(rf"\d+ % \(goal >= {goal} %: (meets|misses)\)", row[4]), row
-        assert re.match(r"[\d,]+ jobs/s, first job started [\d.]+ s after create, scheduler CPU [\d.]+ ms/job", row[5]), row
+        assert re.match(r"[\d,]+ jobs/s, first job started [\d.]+ s after create, scheduler CPU [\d.]+ ms/job; "
+                        r"a file created beside its storage in \d+ µs just before it", row[5]), row
     assert re.search(r"^Goals \(issue 18\), as fractions of limits measured in this run: [012] of 2 met\.$",
                      out.stdout, re.M), out.stdout[-3000:]
 
