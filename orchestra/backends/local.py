@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestra import logcap
@@ -261,18 +261,26 @@ class LocalBackend:
         per second as the machine can spawn (the bench's parallel spawn limit), where launching
         one after another reached at most the serial one. The answers keep the order of `specs`.
         Each launch touches only its own attempt's files and cgroups. Batches under PARALLEL_MIN
-        stay in this thread (a short pass at low turnover launches one or two)."""
+        stay in this thread (a short pass at low turnover launches one or two).
+
+        The answers carry no `pid_start`: read just after the spawn, /proc/<pid>/stat waits for
+        the exec under way (the kernel's exec lock), ~0.4 ms a launch here, which held the pass
+        (or a launcher thread) up. The scheduler asks `start_time_of` when it writes the
+        launch's record, by then long after the exec."""
         if len(specs) < PARALLEL_MIN:
             return [self._launch_one(spec) for spec in specs]
         if self._launchers is None:
             self._launchers = ThreadPoolExecutor(max_workers=LAUNCHERS, thread_name_prefix="orchestra-launch")
-        launched = list(self._launchers.map(functools.partial(self._launch_one, start_time=False), specs))
-        # The supervisors' start times, read once every launch is done: read just after its
-        # spawn, /proc/<pid>/stat waits for the exec under way (the kernel's exec lock), which
-        # kept a launcher thread from its next spawn (~0.25 ms a launch here). A supervisor that
-        # already exited is a zombie until the next survey reaps it: its stat is still there.
-        return [replace(one, pid_start=process_start_time(one.pid)) if one.pid and one.pid_start is None else one
-                for one in launched]
+        return list(self._launchers.map(self._launch_one, specs))
+
+    def start_time_of(self, name: str, pid: int) -> int | None:
+        """The start time of the supervisor this backend launched as `name` (see `launch`); None
+        once it is no longer our unreaped child: after `reap` its pid may name another process.
+        A supervisor that exited and is not reaped yet is a zombie, whose stat is still there."""
+        child = self._children.get(name)
+        if child is None or child.pid != pid:
+            return None
+        return process_start_time(pid)
 
     def _account(self, spec: LaunchSpec) -> tuple[str, str, str, tuple[int, int] | None]:
         """(setpriv prefix, HOME, user name, the owner's (uid, gid) or None) for the job: its
@@ -287,10 +295,10 @@ class LocalBackend:
                   f"{'--groups=' + groups if groups else '--clear-groups'} --")
         return prefix, owner.home, owner.name, (owner.uid, owner.gid)
 
-    def _launch_one(self, spec: LaunchSpec, start_time: bool = True) -> Launched:
+    def _launch_one(self, spec: LaunchSpec) -> Launched:
         """State directory, lock and log are made in the scheduler's own directory without
-        following a link; the supervisor then starts with the lock as its stdin. Without
-        `start_time` the supervisor's start time is left for the caller to read (`launch`)."""
+        following a link; the supervisor then starts with the lock as its stdin. Its start time is
+        left for later (see `launch`)."""
         state = self.state_dir(spec.backend_name)
         shown = str(state)  # in messages; the files are reached through `folder`, never by path
         try:
@@ -356,10 +364,7 @@ class LocalBackend:
         track = getattr(self.containment, "track", None)  # the process-group fallback follows the session
         if track is not None:
             track(spec.backend_name, child.pid)
-        return Launched(
-            spec.backend_name, host=self.host, pid=child.pid,
-            pid_start=process_start_time(child.pid) if start_time else None, started_at=time.time(),
-        )
+        return Launched(spec.backend_name, host=self.host, pid=child.pid, started_at=time.time())
 
     def _open_state(self, name: str) -> tuple[int, bool]:
         """The attempt's state directory as a descriptor (made if missing, never through a link),

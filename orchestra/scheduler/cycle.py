@@ -232,13 +232,17 @@ class _TaskToAdvance(NamedTuple):
 
 
 class _Ack(NamedTuple):
-    """A launch the backend accepted, not yet recorded as running (`Scheduler.defer_acks`)."""
+    """A launch the backend accepted, not yet recorded as running (`Scheduler.defer_acks`).
+
+    `pid_start` may be None until the record is written: the local backend reads a supervisor's
+    start time only then (`start_time_of`), once its exec is over (see `Scheduler._settled`)."""
 
     job_id: int
     host: str | None
     pid: int | None
     pid_start: int | None
     started_at: float
+    cluster: str
 
 
 @dataclass
@@ -360,7 +364,7 @@ class Scheduler:
 
     def _write_acks(self, session: Session, report: CycleReport | None = None) -> None:
         """Record the deferred launches not written in this transaction yet as running."""
-        pending = [(name, ack) for name, ack in self._unacked.items() if name not in self._acks_in_tx]
+        pending = [(name, self._settled(name, ack)) for name, ack in self._unacked.items() if name not in self._acks_in_tx]
         if not pending:
             return
         attempt_rows = [{"backend_name": name, "host": a.host, "pid": a.pid, "pid_start": a.pid_start,
@@ -371,6 +375,17 @@ class Scheduler:
                         fixed={"status": AttemptStatus.RUNNING.value})
             bulk_update(session, JOBS, job_rows, where=[_JOB_STARTING], fixed={"status": JobStatus.RUNNING.value})
         self._acks_in_tx.update(name for name, _ in pending)
+
+    def _settled(self, name: str, ack: _Ack) -> _Ack:
+        """The acknowledgement with its process's start time, asked of the backend now if the
+        launch left it out (issue 18: the local backend's launch does, rather than wait for the
+        exec under way, ~0.4 ms a job; by the time the record is written the exec is long over).
+        None when the backend no longer knows the process as its own (it ended and was reaped:
+        its end is recorded in the same row, and a start time is needed only to adopt a live one)."""
+        if ack.pid_start is not None or ack.pid is None:
+            return ack
+        read = getattr(self.backends.get(ack.cluster), "start_time_of", None)
+        return ack if read is None else ack._replace(pid_start=read(name, ack.pid))
 
     # ------------------------------------------------------------------ the cycle
     def cycle(self, full: bool = True) -> CycleReport:
@@ -607,7 +622,8 @@ class Scheduler:
         and start in the same update as its end (one row write instead of two)."""
         if not endings:
             return
-        acks = {e.attempt.backend_name: self._unacked[e.attempt.backend_name] for e in endings
+        acks = {e.attempt.backend_name: self._settled(e.attempt.backend_name, self._unacked[e.attempt.backend_name])
+                for e in endings
                 if e.attempt.backend_name in self._unacked and e.attempt.backend_name not in self._acks_in_tx} \
             if merge_acks and self._unacked else {}
         # An ended attempt's charge is settled up to its end here (see `_charge_usage`): one write per attempt.
@@ -1030,7 +1046,8 @@ class Scheduler:
             failing.setdefault((s.cluster.name, s.queue.name), l.error)
         started = {(s.cluster.name, s.queue.name) for s, _ in ok} & set(self.holds)
         if not accepted_only:
-            self._unacked.update((s.backend_name, _Ack(s.job_id, l.host, l.pid, l.pid_start, l.started_at or now))
+            self._unacked.update((s.backend_name, _Ack(s.job_id, l.host, l.pid, l.pid_start, l.started_at or now,
+                                                       s.cluster.name))
                                  for s, l in ok)
         plain = not (infra or refused or failing or started)  # only launches that started, in no held queue
         if plain and (self.defer_acks or not self._unacked):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestra.backends.base import LaunchSpec, Phase, Tracked
-from orchestra.backends.local import LocalBackend
+from orchestra.backends.local import LocalBackend, process_start_time
 from orchestra.config import ClusterConfig, QueueConfig, load_settings
 from orchestra.paths import state_root
 from tests.helpers import write_config
@@ -84,6 +84,27 @@ def test_an_own_child_that_exited_0_succeeds_without_its_files_and_a_failure_kee
         # no status; the lock is free and no supervisor runs, so it is gone without one).
         again = backend.survey([Tracked(ok.backend_name, ok.log_path)]).observations[ok.backend_name]
         assert again.phase == Phase.MISSING
+    finally:
+        backend.close()
+
+
+def test_a_launch_leaves_the_start_time_for_later_and_only_an_own_unreaped_child_has_one(
+        storage: Path, tmp_path: Path) -> None:
+    """The answer carries the supervisor's pid, not its start time (read just after the spawn it
+    waited for the exec under way); `start_time_of` reads it later, while the supervisor is still
+    this backend's child (a zombie included), and never for a pid it no longer owns."""
+    backend, cluster, queue = _backend(storage, tmp_path)
+    try:
+        spec = _spec(storage, cluster, queue, 0, "true")
+        [launched] = backend.launch([spec])
+        assert launched.pid and launched.pid_start is None and launched.error is None
+        _ended(backend, [spec.backend_name])  # exited, not reaped: a zombie, its stat still there
+        start = backend.start_time_of(spec.backend_name, launched.pid)
+        assert start is not None and start == process_start_time(launched.pid)
+        assert backend.start_time_of(spec.backend_name, launched.pid + 1) is None  # not the pid it launched
+        assert backend.start_time_of("orc-9-9-9", launched.pid) is None  # not a name it launched
+        backend.survey([Tracked(spec.backend_name, spec.log_path)])  # reaps it: the pid may be reused now
+        assert backend.start_time_of(spec.backend_name, launched.pid) is None
     finally:
         backend.close()
 
