@@ -632,13 +632,16 @@ def paired_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int,
     `parallel`: the limit with one launcher thread per core, else serial. Before each pair, the
     cost of creating a file where the run's storage is (`bench_limits.file_creation`) is read.
     Nothing is removed between pairs. Returns (run, limit, the ratios of all pairs in run order,
-    the file creation times before each pair, in seconds)."""
+    the file creation times and the CPU readings (`bench_limits.cpu_reading`) before each pair, in
+    seconds)."""
     threads = (os.cpu_count() or 1) if parallel else 1
     spawns = (50 if quick else 300) * threads
     pairs = []
     creations = []
+    cpus = []
     for i in range(1 if quick else PAIRS):
         creations.append(bench_limits.file_creation(work / f"creation-{kind}-{slots}-{i}"))
+        cpus.append(bench_limits.cpu_reading())
         s = bench_limits.spawn_rate(spawns, threads, root=work / f"limit-{kind}-{slots}-{i}")
         here = work / f"pair-{kind}-{slots}-{i}"
         here.mkdir()
@@ -646,14 +649,14 @@ def paired_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int,
         pairs.append((r["jobs_per_s"] / s["per_s"], r, s))
     ranked = sorted(pairs, key=lambda pair: pair[0])
     _, run, spawn = ranked[len(ranked) // 2]
-    return run, spawn, [ratio for ratio, _, _ in pairs], creations
+    return run, spawn, [ratio for ratio, _, _ in pairs], creations, cpus
 
 
 def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: bool, quick: bool) -> list[dict]:
     rows = []
     spawn = spawn_limits(work, quick)
     for slots in (64, 2):
-        r, s, ratios, creations = paired_throughput(work, dbs, kind, n, slots, quick, parallel=slots == 64)
+        r, s, ratios, creations, cpus = paired_throughput(work, dbs, kind, n, slots, quick, parallel=slots == 64)
         measured = (f"just before the run; median of {len(ratios)} pairs: " + ", ".join(f"{x:.0%}" for x in ratios)
                     if len(ratios) > 1 else "just before the run")
         if slots == 64:
@@ -667,7 +670,8 @@ def bench_throughputs(work: Path, dbs: Databases, kind: str, n: int, vs_slurm: b
         slurm = SLURM_RESULTS.get((n, slots))
         note = (f"{r['jobs_per_s']:,.0f} jobs/s, first job started {r['first_start_s']:.2f} s after create, "
                 f"scheduler CPU {r['cpu_ms_per_job']:.2f} ms/job; a file created beside its storage in "
-                f"{', '.join(f'{1e6 * c:.0f}' for c in creations)} µs just before {'each pair' if len(creations) > 1 else 'it'}")
+                f"{', '.join(f'{1e6 * c:.0f}' for c in creations)} µs and sum(range(10,000)) in "
+                f"{', '.join(f'{1e6 * c:.0f}' for c in cpus)} µs just before {'each pair' if len(creations) > 1 else 'it'}")
         contained = spawn.get("contained")
         if slots == 64 and contained:
             note += (f"; {r['jobs_per_s'] / contained['per_s']:.0%} of the contained spawn rate "
@@ -708,7 +712,8 @@ def machine() -> str:
 
 def table(rows: list[dict]) -> str:
     command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `{command}`.", "",
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()} by `{command}`; "
+             f"sum(range(10,000)) in {1e6 * bench_limits.cpu_reading():.0f} µs at its end (a reading of the CPU's speed).", "",
              "| scenario | database | time | limit, same run | ratio: fraction of the limit reached | notes |",
              "|---|---|---:|---:|---:|---|"]
     goals = []

@@ -158,6 +158,25 @@ def file_creation(root: Path, files: int = 200) -> float:
         os.close(fd)
 
 
+def cpu_reading(repeats: int = 5, loops: int = 100) -> float:
+    """Seconds one CPU takes for `sum(range(10_000))` in this interpreter: the best of `repeats`
+    means of `loops` (about 20-30 ms in all). Not a limit, a reading of the VM's speed, printed
+    beside each throughput pair and in the table's header line.
+
+    This VM's speed drifts: on 2026-12-02 the same loop took 203-257 µs in one session where
+    the tables before were measured in faster phases, and the scheduler's CPU a job (2 slots,
+    SQLite) read 6.7 ms where the table showed 3.1. The spawn limit, mostly kernel work, moved
+    less than the Python-heavy scheduler did, so a ratio taken in a slow phase reads low: the
+    reading says which phase a figure was taken in."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            sum(range(10_000))
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
+
+
 def raw_update(url: str, rows: int = 1000, repeats: int = 5) -> float:
     """Mean seconds of one set-based UPDATE (one statement, `rows` job rows marked running, each a
     different set) plus its commit, on the throwaway database at `url` (rows * repeats jobs)."""
