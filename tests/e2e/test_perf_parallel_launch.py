@@ -20,14 +20,19 @@ from tests.helpers import Cli
 TASK = "user.alice.many"
 
 
-def test_a_batch_launches_on_threads_in_order_and_each_job_runs_once(
-        cli: Cli, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = tmp_path / "ran.txt"
-    configs, data = make_inputs(storage, 10)
+def submit(cli: Cli, storage: Path, jobs: int, command: str) -> None:
+    """alice's datasets of `jobs` config files and her task TASK running `command` (no scouts)."""
+    configs, data = make_inputs(storage, jobs)
     cli.ok(f"orchestra_registry -d user.alice.configs -p {configs} --cluster LPS")
     cli.ok(f"orchestra_registry -d user.alice.data -p {data} --cluster LPS")
     cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t {TASK} --containerImage a/b "
-           f"--exec 'basename %IN >> {counter}; echo %DATA %OUT' --bypass")
+           f"--exec '{command}' --bypass")
+
+
+def test_a_batch_launches_on_threads_in_order_and_each_job_runs_once(
+        cli: Cli, storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = tmp_path / "ran.txt"
+    submit(cli, storage, 10, f"basename %IN >> {counter}; echo %DATA %OUT")
     threads: set[str] = set()
     batches: list[tuple[list[str], list[str]]] = []
     launch_one, launch = local.LocalBackend._launch_one, local.LocalBackend.launch
@@ -65,11 +70,7 @@ def test_a_running_jobs_record_names_its_supervisor_by_pid_and_start_time(
     deferred record (the service loop's `defer_acks`) carries the start time the backend read
     when the record was written, the supervisor's own."""
     gate = tmp_path / "gate"
-    configs, data = make_inputs(storage, 1)
-    cli.ok(f"orchestra_registry -d user.alice.configs -p {configs} --cluster LPS")
-    cli.ok(f"orchestra_registry -d user.alice.data -p {data} --cluster LPS")
-    cli.ok(f"maestro task create -c user.alice.configs -d user.alice.data -t {TASK} --containerImage a/b "
-           f"--exec 'while [ ! -e {gate} ]; do sleep 0.05; done; echo %DATA %IN %OUT' --bypass")
+    submit(cli, storage, 1, f"while [ ! -e {gate} ]; do sleep 0.05; done; echo %DATA %IN %OUT")
     ctx = Context.from_env()
     scheduler = Scheduler(ctx)
     scheduler.defer_acks = True
