@@ -623,14 +623,15 @@ PAIRS = 3  # throughput runs per row, each right after its own spawn limit; the 
 
 
 def paired_throughput(work: Path, dbs: Databases, kind: str, n: int, slots: int, quick: bool,
-                      parallel: bool) -> tuple[dict, dict, list[float], list[float]]:
+                      parallel: bool) -> tuple[dict, dict, list[float], list[float], list[float]]:
     """The throughput run and its spawn limit, measured in pairs, the limit just before the run.
 
     This machine's speed drifts by ±30 % over minutes (issue 18's notes): a limit measured once
     at the start and a run minutes later can disagree by that much. Each pair shares one moment;
     the pair with the median ratio is the one reported (its time, its limit), with every ratio.
     `parallel`: the limit with one launcher thread per core, else serial. Before each pair, the
-    cost of creating a file where the run's storage is (`bench_limits.file_creation`) is read.
+    cost of creating a file where the run's storage is (`bench_limits.file_creation`) and the
+    CPU's speed (`bench_limits.cpu_reading`) are read.
     Nothing is removed between pairs. Returns (run, limit, the ratios of all pairs in run order,
     the file creation times and the CPU readings (`bench_limits.cpu_reading`) before each pair, in
     seconds)."""

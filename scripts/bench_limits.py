@@ -165,9 +165,9 @@ def cpu_reading(repeats: int = 5, loops: int = 100) -> float:
 
     This VM's speed drifts: on 2026-12-02 the same loop took 171-332 µs in one session (readings
     2 s apart on the idle machine: 209-329 µs) where the tables before were measured in faster
-    phases, and the scheduler's CPU a job (2 slots, SQLite) read 6.7 ms where the table showed 3.1. The spawn limit, mostly kernel work, moved
-    less than the Python-heavy scheduler did, so a ratio taken in a slow phase reads low: the
-    reading says which phase a figure was taken in."""
+    phases, and the scheduler's CPU a job (2 slots, SQLite) read 6.7 ms where the table showed
+    3.1. The spawn limit, mostly kernel work, moved less than the Python-heavy scheduler did, so
+    a ratio taken in a slow phase reads low: the reading says which phase a figure was taken in."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
