@@ -1,7 +1,7 @@
 """The service loop's two per-pass economies (issue 18): `--until-idle` asks the database whether
 anything remains only when the last pass left no live attempt (`Scheduler.busy`), and after a pass
-that turned jobs over the loop pauses a fraction of that pass (`gather`) so ends that come together
-are handled by one pass. Real processes on the local backend, both databases."""
+that turned a few jobs over the loop pauses a fraction of that pass (`gather`) so ends that come
+together are handled by one pass. Real processes on the local backend, both databases."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +43,10 @@ def test_until_idle_asks_the_database_once_when_the_last_pass_leaves_nothing_liv
 
 @pytest.mark.parametrize("seconds, started, ended, pause", [
     (0.010, 2, 0, 0.0005),  # 5 % of a 10 ms pass
-    (2.0, 0, 1000, 0.005),  # capped: a slow pass never makes the next wait long
+    (2.0, 0, 10, 0.005),  # capped: a slow pass never makes the next wait long
     (0.010, 0, 0, None),  # nothing turned over: no pause
+    (0.080, 8, loop.GATHER_UNTIL - 8, None),  # many handled already: a pause would only idle slots
+    (0.080, 4, loop.GATHER_UNTIL - 5, 0.004),  # one fewer: the pause follows
 ])
 def test_gather_pauses_a_fraction_of_a_pass_that_turned_jobs_over(
         monkeypatch: pytest.MonkeyPatch, seconds: float, started: int, ended: int, pause: float | None) -> None:
