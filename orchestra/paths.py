@@ -107,7 +107,7 @@ def open_dir(path: str | os.PathLike[str], storage: Path, *, create: bool = Fals
     return fd
 
 
-def make_subdir(dir_fd: int, name: str, shown: Path, mode: int = 0o755) -> tuple[int, bool]:
+def make_subdir(dir_fd: int, name: str, shown: str | os.PathLike[str], mode: int = 0o755) -> tuple[int, bool]:
     """A descriptor of directory `name` inside the directory `dir_fd` (one component, made if
     missing, never through a link), and whether this call made it: `open_dir`'s last step, for a
     caller that keeps the parent open (the local backend's state root, issue 18)."""
@@ -120,7 +120,7 @@ def make_subdir(dir_fd: int, name: str, shown: Path, mode: int = 0o755) -> tuple
     return _open_child(name, dir_fd, shown), made
 
 
-def _open_child(part: str, fd: int, shown: Path) -> int:
+def _open_child(part: str, fd: int, shown: str | os.PathLike[str]) -> int:
     try:
         return os.open(part, _DIR, dir_fd=fd)
     except OSError as exc:
@@ -128,7 +128,7 @@ def _open_child(part: str, fd: int, shown: Path) -> int:
         raise  # unreachable: _refuse always raises
 
 
-def _refuse(exc: OSError, name: str, dir_fd: int, shown: Path) -> None:
+def _refuse(exc: OSError, name: str, dir_fd: int, shown: str | os.PathLike[str]) -> None:
     """Turn the error of an O_NOFOLLOW open into a refusal that says why."""
     if _is_link(name, dir_fd):
         raise UntrustedPath(f"{shown} is a symbolic link; refusing to follow it") from None
