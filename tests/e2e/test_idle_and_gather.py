@@ -41,19 +41,23 @@ def test_until_idle_asks_the_database_once_when_the_last_pass_leaves_nothing_liv
     assert '"completed"' in rows
 
 
-@pytest.mark.parametrize("seconds, started, ended, pause", [
-    (0.010, 2, 0, 0.0005),  # 5 % of a 10 ms pass
-    (2.0, 0, 10, 0.005),  # capped: a slow pass never makes the next wait long
-    (0.010, 0, 0, None),  # nothing turned over: no pause
-    (0.080, 8, loop.GATHER_UNTIL - 8, None),  # many handled already: a pause would only idle slots
-    (0.080, 4, loop.GATHER_UNTIL - 5, 0.004),  # one fewer: the pause follows
+@pytest.mark.parametrize("seconds, launch, started, ended, pause", [
+    (0.010, 0.0, 2, 0, 0.0005),  # 5 % of a 10 ms pass
+    (0.010, 0.002, 2, 2, 0.002),  # at least as long as its launches took: their ends come as far apart
+    (2.0, 0.0, 0, 10, 0.005),  # capped: a slow pass never makes the next wait long
+    (0.010, 0.0, 0, 0, None),  # nothing turned over: no pause
+    (0.080, 0.05, 8, loop.GATHER_UNTIL - 8, None),  # many handled already: a pause would only idle slots
+    (0.080, 0.0, 4, loop.GATHER_UNTIL - 5, 0.004),  # one fewer: the pause follows
 ])
 def test_gather_pauses_a_fraction_of_a_pass_that_turned_jobs_over(
-        monkeypatch: pytest.MonkeyPatch, seconds: float, started: int, ended: int, pause: float | None) -> None:
+        monkeypatch: pytest.MonkeyPatch, seconds: float, launch: float, started: int, ended: int,
+        pause: float | None) -> None:
     slept: list[float] = []
     monkeypatch.setattr(loop.time, "sleep", slept.append)
     report = CycleReport(full=False)
     report.seconds = seconds
+    if launch:
+        report.steps["launch"] = launch
     report.counts["started"] = started
     if ended:
         report.ended[("LPS", "cpu", "succeeded")] = ended
