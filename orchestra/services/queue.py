@@ -35,6 +35,8 @@ from sqlalchemy.orm import Session
 from orchestra import fairshare
 from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
+from orchestra.db.driver_reads import DriverRead
+from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound
@@ -123,6 +125,33 @@ _ACTIVE_TASKS = (
     .where(TASKS.c.status.in_(DISPATCHABLE), TASKS.c.n_queued > 0, TASKS.c.request.is_(None))
     .order_by(TASKS.c.id)
 )
+
+
+class _ActiveRow(NamedTuple):
+    """One row of `_ACTIVE_TASKS`, by the names its columns have there."""
+
+    id: int
+    owner_id: int
+    cluster: str
+    queue: str
+    n_queued: int
+    priority: int
+    created_at: float
+    status: str
+    name: str
+    share: float
+    max_running: int | None
+    usage: float
+    usage_at: float
+    task_name: str
+    image: str
+    max_time: float | None
+
+
+# Read through the driver (issue 18): every pass of the scheduler makes this read; on PostgreSQL a
+# prepared statement of the connection, whose planning cost the server ~0.4 ms a pass (EXPLAIN:
+# 0.39 ms planning, 0.04 ms execution) with the SQLAlchemy execution's own ~0.1 ms on top.
+_ACTIVE_READS = {sqlite: DriverRead(_ACTIVE_TASKS, sqlite) for sqlite in (True, False)}
 _RUNNING = (
     select(TASKS.c.cluster, TASKS.c.queue, TASKS.c.owner_id, func.count())
     .join(JOBS, JOBS.c.task_id == TASKS.c.id).join(ATTEMPTS, ATTEMPTS.c.job_id == JOBS.c.id)
@@ -151,7 +180,8 @@ def policy_input(session: Session, settings: Settings, now: float, *,
     """
     from orchestra.scheduler import holds as queue_holds
 
-    rows = session.execute(_ACTIVE_TASKS).all()
+    connection = session.connection()
+    rows = [_ActiveRow(*r) for r in _ACTIVE_READS[is_sqlite(connection)].rows(connection.connection, connection.dialect)]
     tasks = [ActiveTask(*r[:8]) for r in rows]
     queues = [(c.name, q.name) for c in settings.clusters.values() for q in c.queues.values()]
     queue_index = {key: i for i, key in enumerate(queues)}

@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestra.backends.null import NullBackend
 from orchestra.scheduler.cycle import LiveAttempt, Scheduler
+from orchestra.services import queue
 from tests.db.conftest import scheduler_on
 from tests.db.test_perf_short_pass import submit
 from tests.helpers import Cli
@@ -57,9 +58,10 @@ def scheduler_stop_one():  # type: ignore[no-untyped-def]
 
 def test_the_passes_reads_are_prepared_once_on_the_server(cli: Cli, storage: Path,
                                                          sched: tuple[Scheduler, NullBackend], db_url: str) -> None:
-    """Planning the live attempts' join cost more than running it, at every pass: each read is a
-    prepared statement of the connection, prepared by its first pass only (the server plans it
-    again when a table it reads is analyzed: tests/db/test_prepared_reads.py)."""
+    """Planning the live attempts' join cost more than running it, at every pass: each of the
+    pass's reads (and the policy's) is a prepared statement of the connection, prepared by its
+    first pass only (the server plans it again when a table it reads is analyzed:
+    tests/db/test_prepared_reads.py)."""
     if db_url.startswith("sqlite"):
         pytest.skip("a PostgreSQL server's prepared statements")
     scheduler, backend = sched
@@ -76,7 +78,8 @@ def test_the_passes_reads_are_prepared_once_on_the_server(cli: Cli, storage: Pat
         raw.rollback()
     finally:
         raw.close()
-    assert names == sorted({scheduler._sql.live.name, scheduler._sql.to_advance.name})
+    policy = queue._ACTIVE_READS[False]  # the fair-share policy's read of the active tasks
+    assert names == sorted({scheduler._sql.live.name, scheduler._sql.to_advance.name, policy.name})
 
 
 def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchemys(
