@@ -57,7 +57,9 @@ class DriverRead:
 
         A connection the server dropped (a restart, `pg_terminate_backend`) is replaced once: the
         pool then starts afresh, since its other connections are as old as that one (the pool pings
-        only connections that rested, see engine.PING_AFTER_IDLE). A second failure is raised."""
+        only connections that rested, see engine.PING_AFTER_IDLE). A read whose prepared statement
+        the session did not know (a pooler between us and the server) is retried once as plain SQL.
+        A second failure is raised."""
         try:
             return self._read_once(engine)
         except DBAPIError as exc:
