@@ -23,7 +23,7 @@ taken from allocate itself, run on the real free slots.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -127,25 +127,10 @@ _ACTIVE_TASKS = (
 )
 
 
-class _ActiveRow(NamedTuple):
-    """One row of `_ACTIVE_TASKS`, by the names its columns have there."""
-
-    id: int
-    owner_id: int
-    cluster: str
-    queue: str
-    n_queued: int
-    priority: int
-    created_at: float
-    status: str
-    name: str
-    share: float
-    max_running: int | None
-    usage: float
-    usage_at: float
-    task_name: str
-    image: str
-    max_time: float | None
+# One row of `_ACTIVE_TASKS`, by its columns' names there: an ActiveTask's, then its owner's
+# (`_Owner`, from `name`) and what dispatch needs of it.
+_ActiveRow = namedtuple("_ActiveRow", ActiveTask._fields + (
+    "name", "share", "max_running", "usage", "usage_at", "task_name", "image", "max_time"))
 
 
 # Read through the driver (issue 18): every pass of the scheduler makes this read; on PostgreSQL a
