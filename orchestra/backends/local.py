@@ -45,7 +45,8 @@ from orchestra.backends.base import Launched, LaunchSpec, Observation, Phase, Su
 from orchestra.backends.containment import Containment, detect, parse_quantity
 from orchestra.config import ClusterConfig, Settings
 from orchestra.errors import OrchestraError
-from orchestra.paths import UntrustedPath, make_subdir, open_dir, open_in, read_nofollow, state_root
+from orchestra.paths import (UntrustedPath, make_subdir, open_dir, open_in, read_nofollow, state_root,
+                             state_root_text)
 
 log = logging.getLogger("orchestra.local")
 
@@ -237,7 +238,7 @@ class LocalBackend:
         # The same as text: a launch names its state directory in strings, not Paths (issue 18:
         # the Path arithmetic of a launch and its dispatch took ~18 µs a job, ~2 % of the
         # scheduler's CPU a job at 64 slots; an f-string 0.2 µs).
-        self._state_root_text = str(self._state_root)
+        self._state_root_text = state_root_text(self.cluster.storage, self.installation)
         self._base_env: dict[tuple[str, str], dict[str, str]] = {}  # job_environment by (home, user)
         # The state root, opened once (checked as `open_dir` checks any path) and kept: each launch
         # then makes and opens only its own directory in it (issue 18: the walk from the storage

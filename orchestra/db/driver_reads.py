@@ -65,7 +65,7 @@ class DriverRead:
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 engine.dispose()
-            elif self.prepared or getattr(exc.orig, "pgcode", None) not in _NOT_OURS:
+            elif getattr(exc.orig, "pgcode", None) not in _NOT_OURS:  # else `rows` turned preparing off
                 raise
             return self._read_once(engine)  # on a new pool, or as plain SQL now
 

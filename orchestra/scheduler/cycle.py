@@ -34,7 +34,7 @@ from orchestra.db.driver_reads import DriverRead
 from orchestra.db.models import Attempt, Installation, Job, Outbox, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.notify import outbox
-from orchestra.paths import UntrustedPath, trusted_output_root, state_root
+from orchestra.paths import UntrustedPath, state_root_text, trusted_output_root
 from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
@@ -290,7 +290,6 @@ class Scheduler:
         self.defer_acks = False
         self._unacked: dict[str, _Ack] = {}  # by backend name
         self._acks_in_tx: set[str] = set()  # written by the open transaction: forgotten once it commits
-        self._state_roots: dict[str, str] = {}  # by cluster name, see `_state_root_text`
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -986,7 +985,7 @@ class Scheduler:
             name = backend_name(r.task_id, r.index, r.attempts, self.installation)
             if r.queued_at is not None:
                 report.queued_at[name] = r.queued_at  # its wait is observed if the launch is accepted
-            log_path = f"{self._state_root_text(cluster)}/{name}/log"
+            log_path = f"{state_root_text(cluster.storage, self.installation)}/{name}/log"
             specs.append(LaunchSpec(name, r.task_id, t.name, r.id, r.index, r.attempts, t.user, cluster.queues[t.queue],
                                     t.image, r.command, expansion.output_dir(root, r.index), log_path, t.max_time,
                                     cluster))
@@ -995,14 +994,6 @@ class Scheduler:
         with report.writing():
             bulk_insert(session, ATTEMPTS, ATTEMPT_COLUMNS, attempts)
         return specs
-
-    def _state_root_text(self, cluster: ClusterConfig) -> str:
-        """The cluster's attempt state root (`paths.state_root`) as text, made once per cluster: a
-        dispatch names each attempt's log under it (issue 18: two Path joins per job cost more)."""
-        text = self._state_roots.get(cluster.name)
-        if text is None:
-            text = self._state_roots[cluster.name] = str(state_root(cluster.storage, self.installation))
-        return text
 
     def _trusted_roots(self, session: Session, tasks: Iterable[Any], now: float) -> dict[int, tuple[ClusterConfig, str]]:
         """(cluster, output root) of each task whose root, recomputed from the cluster's storage,
