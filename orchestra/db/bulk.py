@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (ClauseElement, Column, ColumnElement, Integer, String, Table, Text, TypeDecorator, any_, bindparam,
-                        func, insert, literal_column, select, update)
+                        case, func, insert, literal_column, select, update)
 from sqlalchemy.sql.elements import BinaryExpression
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -145,7 +145,7 @@ UPDATE_CACHE_SIZE = 256  # statements kept: one per call site and shape; the old
 
 
 def _update_statement(table: Table, columns: tuple[str, ...], key: str, where: Sequence[ColumnElement[bool]],
-                      fixed: Mapping[str, Any], add: Sequence[str], unnest: bool) -> _Update:
+                      fixed: Mapping[str, Any], add: Sequence[str], unnest: bool, lower: Sequence[str] = ()) -> _Update:
     """The UPDATE for one call shape, built once (issue 18: building and keying a statement costs
     more than running it on a short pass's few rows). Values are bound parameters: `arr_<column>`
     per row column (arrays for unnest), `fix_<column>` for each plain fixed value; a fixed SQL
@@ -155,7 +155,8 @@ def _update_statement(table: Table, columns: tuple[str, ...], key: str, where: S
     misses and costs what it did before."""
     plain = tuple(c for c, v in fixed.items() if not isinstance(v, ClauseElement))
     expressions = tuple((c, id(v)) for c, v in fixed.items() if isinstance(v, ClauseElement))
-    cache_key = (id(table), columns, key, tuple(id(w) for w in where), plain, expressions, tuple(add), unnest)
+    cache_key = (id(table), columns, key, tuple(id(w) for w in where), plain, expressions, tuple(add), unnest,
+                 tuple(lower))
     hit = _UPDATES.get(cache_key)
     if hit is not None:
         return hit
@@ -165,7 +166,9 @@ def _update_statement(table: Table, columns: tuple[str, ...], key: str, where: S
         value: dict[str, Any] = {c: source.c[c] for c in columns}
     else:
         value = {c: bindparam(f"arr_{c}", type_=table.c[c].type) for c in columns}
-    changes = {c: (table.c[c] + value[c] if c in add else value[c]) for c in columns if c != key}
+    changes = {c: (table.c[c] + value[c] if c in add else
+                   case((table.c[c] > value[c], value[c]), else_=table.c[c]) if c in lower else value[c])
+               for c in columns if c != key}
     sets = {c: (v if isinstance(v, ClauseElement) else bindparam(f"fix_{c}", type_=table.c[c].type))
             for c, v in fixed.items()}
     guards = [_filter_only(w, table) for w in where] if unnest else list(where)
@@ -202,12 +205,13 @@ def _filter_only(condition: ColumnElement[bool], table: Table) -> ColumnElement[
 
 def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, key: str = "id",
                 where: Sequence[ColumnElement[bool]] = (), fixed: Mapping[str, Any] | None = None,
-                add: Sequence[str] = ()) -> None:
+                add: Sequence[str] = (), lower: Sequence[str] = ()) -> None:
     """`UPDATE table SET <row's columns> WHERE table.<key> = row[key] [AND where]`, for every row.
 
     Rows are dicts keyed by column name, all with the same keys, one per key value (on
     PostgreSQL a table row matched twice is updated once); columns named in `add` are
-    incremented by the row's value instead of set; `fixed` sets the same value (or SQL expression)
+    incremented by the row's value instead of set, those in `lower` set to it only where it is
+    lower than what they hold; `fixed` sets the same value (or SQL expression)
     on every row. On PostgreSQL it is one statement joining the table to `unnest()` of one array
     per column: the engine batches an executemany into one round trip, but the server still
     parses and plans every row's statement, 20-30 ms per 1,000 rows. Below UNNEST_MIN_ROWS rows
@@ -227,11 +231,12 @@ def bulk_update(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     sqlite = is_sqlite(connection)
     unnest = len(rows) >= UNNEST_MIN_ROWS and not sqlite
     if unnest:  # a column with one value in every row is sent once, not as an array of copies
-        same = {c: rows[0][c] for c in columns if c != key and c not in add and c not in fixed and _one_value(rows, c)}
+        same = {c: rows[0][c] for c in columns
+                if c != key and c not in add and c not in lower and c not in fixed and _one_value(rows, c)}
         if same:
             columns = tuple(c for c in columns if c not in same)
             fixed.update(same)
-    entry = _update_statement(table, columns, key, where, fixed, add, unnest)
+    entry = _update_statement(table, columns, key, where, fixed, add, unnest, lower)
     constants = {f"fix_{c}": v for c, v in fixed.items() if not isinstance(v, ClauseElement)}
     if sqlite and entry.sqlite is None:
         compiled = _Compiled(entry.statement, connection.dialect)

@@ -128,6 +128,10 @@ class Task(Base):
     # Queued jobs, kept by every transition in and out of QUEUED: the scheduler reads this instead
     # of counting rows, so a cycle's cost does not grow with the depth of the queue.
     n_queued: Mapped[int] = mapped_column(Integer)
+    # The task's queue cursor (migration 0012, orchestra/db/job_lookup.py): no queued job that never
+    # ran has an index below it. The dispatch moves it past the jobs it starts; a move of a job that
+    # never ran back to QUEUED moves it down.
+    queue_from: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # a user may not write it
     output_root: Mapped[str] = mapped_column(Text)
     # A request recorded by the CLI for the scheduler: "kill", "delete" or "purge".
     request: Mapped[str | None] = mapped_column(String(16))
@@ -141,14 +145,27 @@ class Task(Base):
     removal_notice_at: Mapped[float | None] = mapped_column(Float)
 
 
+# The partial indexes' predicates, exactly as a query must repeat them for SQLite to use the index
+# (SQLite matches a partial index's WHERE term by term; orchestra/db/job_lookup.py builds them).
+SETTLED_STATES = ("held", "succeeded", "failed", "killed")
+SETTLED_WHERE = "status IN ('held', 'succeeded', 'failed', 'killed')"
+RETRIED_WHERE = "status = 'queued' AND attempts > 0"
+
+
 class Job(Base):
     """One expansion of a task (one config file). Each run of it is an Attempt."""
 
     __tablename__ = "jobs"
     __table_args__ = (
+        # A task's jobs in order: the fresh part of its queue, from the task's `queue_from` on.
         UniqueConstraint("task_id", "index", name="uq_jobs_task_index"),
-        # Head of a task's queue, and per-state counts of one task.
-        Index("ix_jobs_task_status", "task_id", "status", "id"),
+        # Two partial indexes, so that no entry moves when a job starts, runs or ends but the
+        # settled one it ends in (migration 0012, orchestra/db/job_lookup.py): the jobs waiting
+        # outside the queue or ended (per-state counts), and the queued jobs that ran before (retries).
+        Index("ix_jobs_settled", "task_id", "status", sqlite_where=text(SETTLED_WHERE),
+              postgresql_where=text(SETTLED_WHERE)),
+        Index("ix_jobs_retried", "task_id", "index", sqlite_where=text(RETRIED_WHERE),
+              postgresql_where=text(RETRIED_WHERE)),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

@@ -12,9 +12,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orchestra.db.job_lookup import settled, state_counts
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.reasons import ended
 from orchestra.states import JobStatus
@@ -70,8 +71,7 @@ def compose(session: Session, task_id: int, event: str) -> Mail | None:
         .join(User, User.id == Task.owner_id).where(Task.id == task_id)).first()
     if row is None or not row.email or not row.notify:
         return None
-    counts = dict(session.execute(select(Job.status, func.count()).where(Job.task_id == task_id)
-                                  .group_by(Job.status)).all())
+    counts = state_counts(session, [task_id])[task_id]
     total = sum(counts.values())
     lines = [f"Your task {row.name} {INTRO.get(event, event)}.", ""]
     if row.reason:
@@ -80,7 +80,7 @@ def compose(session: Session, task_id: int, event: str) -> Mail | None:
     lines += [f"  {state.value:<10} {counts[state.value]}" for state in JobStatus if counts.get(state.value)]
     failed = session.execute(
         select(Job.id, Job.index, Job.exit_code, Job.reason).where(
-            Job.task_id == task_id, Job.status == JobStatus.FAILED.value).order_by(Job.index).limit(FAILURES)).all()
+            Job.task_id == task_id, settled(JobStatus.FAILED.value)).order_by(Job.index).limit(FAILURES)).all()
     for job_id, index, code, why in failed:
         log_path = session.scalar(select(Attempt.log_path).where(Attempt.job_id == job_id)
                                   .order_by(Attempt.number.desc()).limit(1))

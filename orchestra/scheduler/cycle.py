@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Select, delete, exists, func, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from orchestra import expansion, fairshare
@@ -38,7 +38,8 @@ from orchestra.paths import UntrustedPath, state_root_text, trusted_output_root
 from orchestra.scheduler import crashpoints, holds
 from orchestra.scheduler.crashpoints import crashpoint
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import HEADS_SUBQUERY, add_queued, start_queue_heads
+from orchestra.db.job_lookup import live_jobs_exist, lowest_fresh, settled, settled_counts
+from orchestra.scheduler.heads import add_queued, start_queue_heads
 from orchestra.scheduler.lease import Lease
 from orchestra.services import dependencies
 from orchestra.services.context import Context
@@ -104,18 +105,9 @@ class _Statements:
         start = dict(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
         started = (JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at)
         queued = JOBS.c.status == JobStatus.QUEUED.value
+        # SQLite: the heads chosen (scheduler/heads.py) started; PostgreSQL runs heads.START_SQL.
         self.start_jobs = update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), queued).values(**start) \
             .returning(*started)
-        # PostgreSQL: the heads of the queues chosen and started, and taken off their tasks'
-        # n_queued, by one statement (scheduler/heads.py).
-        self.start_heads: Select[Any] | None = None
-        if not sqlite:
-            heads = update(JOBS).where(JOBS.c.id.in_(HEADS_SUBQUERY), queued).values(**start) \
-                .returning(*started).cte("started")
-            counts = select(heads.c.task_id, func.count().label("n")).group_by(heads.c.task_id).subquery("c")
-            taken = update(TASKS).where(TASKS.c.id == counts.c.task_id) \
-                .values(n_queued=TASKS.c.n_queued - counts.c.n).cte("taken")
-            self.start_heads = select(heads).add_cte(taken)
         charged = one_of_param(USERS.c.id, "ids", sqlite)
         self.charged_users = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where(charged)
         self.users_to_decay = select(USERS.c.id, USERS.c.usage, USERS.c.usage_at).where((USERS.c.usage > 0) | charged)
@@ -834,9 +826,10 @@ class Scheduler:
                     update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
                     .values(status=JobStatus.QUEUED.value, queued_at=now)
                 ).rowcount
+                # The released jobs never ran: the task's queue is read from its first job again.
                 session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
                     status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
-                    n_queued=TASKS.c.n_queued + released))
+                    n_queued=TASKS.c.n_queued + released, queue_from=0))
                 report.counts["tasks released"] += 1
                 moved = True
             elif verdict == TaskStatus.BROKEN:
@@ -860,9 +853,9 @@ class Scheduler:
             session.execute(update(TASKS).where(TASKS.c.id == task_id).values(n_queued=0, updated_at=now))
         running = (connection.execute(_RUNNING_DRAINED).scalars().all() if moved or broken
                    else [t.id for t in tasks if t.status == TaskStatus.RUNNING.value])
-        pending = (JobStatus.HELD.value, JobStatus.QUEUED.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
-        for task_id in running:
-            busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, JOBS.c.status.in_(pending))))
+        for task_id in running:  # none queued (n_queued = 0): any held or live?
+            busy = session.scalar(select(exists().where(JOBS.c.task_id == task_id, settled(JobStatus.HELD.value))
+                                         | live_jobs_exist(task_id)))
             if busy:
                 continue
             counts = self._final_counts(session, [task_id]).get(task_id, {})
@@ -881,12 +874,7 @@ class Scheduler:
         if not task_ids:
             return {}
         final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.KILLED.value)
-        query = select(JOBS.c.task_id, JOBS.c.status, func.count()).where(
-            JOBS.c.task_id.in_(task_ids), JOBS.c.status.in_(final))
-        out: dict[int, dict[str, int]] = defaultdict(dict)
-        for task_id, status, n in session.execute(query.group_by(JOBS.c.task_id, JOBS.c.status)):
-            out[task_id][status] = n
-        return out
+        return settled_counts(session, task_ids, *final)
 
     @staticmethod
     def _broken_reason(session: Session, task_id: int) -> str:
@@ -974,7 +962,7 @@ class Scheduler:
         """
         roots = self._trusted_roots(session, [task_info[task_id] for task_id, _ in plan], now)
         rows = start_queue_heads(session, [(task_id, n) for task_id, n in plan if task_id in roots],
-                                 self._sql.start_jobs, self._sql.start_heads, report.writing)
+                                 self._sql.start_jobs, report.writing)
         if not rows:
             return []
         specs = []
@@ -1099,8 +1087,9 @@ class Scheduler:
         rows = session.execute(
             update(JOBS).where(one_of(session, JOBS.c.id, gone), JOBS.c.status == JobStatus.STARTING.value)
             .values(status=JobStatus.QUEUED.value, attempts=JOBS.c.attempts - 1, started_at=None)
-            .returning(JOBS.c.id, JOBS.c.task_id)).all()
-        add_queued(session, Counter(r.task_id for r in rows))
+            .returning(JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts)).all()
+        add_queued(session, Counter(r.task_id for r in rows),
+                   lowest_fresh((r.task_id, r.index, r.attempts) for r in rows))  # a first launch: fresh again
         if killed:
             now = self.clock()
             bulk_update(session, JOBS, [{"id": job_id, "reason": why} for job_id, why in killed.items()],

@@ -89,7 +89,7 @@ def expand_task(session: Session, task_id: int, now: float | None = None, *, set
     session.execute(
         update(Task).where(Task.id == task_id).values(
             status=(TaskStatus.SCOUTING if scouts else TaskStatus.RUNNING).value, output_root=root,
-            n_jobs=len(rows), n_scouts=n_scouts, n_queued=n_queued, updated_at=now,
+            n_jobs=len(rows), n_scouts=n_scouts, n_queued=n_queued, queue_from=0, updated_at=now,
             released_at=None if scouts else now,
         )
     )

@@ -1,81 +1,165 @@
 """The head of each chosen task's queue: the first n queued jobs of every task the policy picked.
 
-This read is what keeps a cycle's cost independent of the number of queued jobs: it walks the
-index `ix_jobs_task_status (task_id, status, id)` from each task's first queued job and stops
-after n. One statement per cycle on PostgreSQL (a LATERAL join over the plan, since a server
-round trip per task would cost more than the rest of the cycle); on SQLite, which has no
-LATERAL, one indexed query per task on the driver's cursor: in-process calls cost microseconds,
-SQLAlchemy's per-statement overhead would cost ~100 µs each.
+This read is what keeps a cycle's cost independent of the number of queued jobs. A task's queue
+is two short index range scans (orchestra/db/job_lookup.py): its fresh jobs (never ran) from the
+task's cursor `queue_from` on, along `uq_jobs_task_index (task_id, index)`, and its retried jobs
+along the partial `ix_jobs_retried`; each stops after n rows, and the first n of the two by index
+are the head. Neither index has an entry that moves when a job starts or ends (the old status
+index did, and that was the growth of the cycle's cost with the depth of the queue).
+
+The choice, and where the cursor goes next, is one Python function (`choose`) for both databases:
+- the fresh jobs taken are the first ones from the cursor, so the cursor moves to the next fresh
+  job seen, or past the last one taken;
+- no fresh job seen at all: none is queued from the cursor on, so it moves past the task's last
+  index (a task whose queue holds only retries then costs no scan of its ended jobs);
+- fewer jobs found than asked (the plan asks at most the task's `n_queued`): a fresh job sits
+  below the cursor (a move back to QUEUED that did not lower it), so the cursor goes to 0 and the
+  next dispatch reads the task from its first job. A safety net, never a loss: the job waits one
+  pass longer.
+
+Reads: one statement per cycle on PostgreSQL (a LATERAL join over the plan, since a server round
+trip per task would cost more than the rest of the cycle); on SQLite, which has no LATERAL, one
+indexed query per task on the driver's cursor (in-process calls cost microseconds, SQLAlchemy's
+per-statement overhead ~100 µs each). Writes: on PostgreSQL the jobs' UPDATE and the tasks'
+counters and cursors in one statement; a cursor moved by another transaction since the read (a
+user's retry) is left where that transaction put it.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ContextManager
 
-from sqlalchemy import Row, Select, Update, text
+from sqlalchemy import Row, Update, text
 from sqlalchemy.orm import Session
 
 from orchestra.db.bulk import bulk_update
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Job, Task
-from orchestra.states import JobStatus
 
-HEADS_SQL = text(
-    "SELECT j.id FROM unnest(CAST(:tids AS bigint[]), CAST(:ns AS bigint[])) AS p(tid, n) "
-    "CROSS JOIN LATERAL (SELECT id FROM jobs WHERE task_id = p.tid AND status = :queued ORDER BY id LIMIT p.n) AS j"
+_JOBS = Job.__table__
+
+# (task id, its cursor, its job count, then per candidate: job id, index, fresh), a task without
+# candidates once with NULLs.
+CANDIDATES_SQL = text(
+    "SELECT p.tid, t.queue_from, t.n_jobs, h.id, h.\"index\", h.fresh "
+    "FROM unnest(CAST(:tids AS bigint[]), CAST(:ns AS bigint[])) AS p(tid, n) JOIN tasks t ON t.id = p.tid "
+    "LEFT JOIN LATERAL ("
+    "(SELECT id, \"index\", true AS fresh FROM jobs WHERE task_id = p.tid AND \"index\" >= t.queue_from "
+    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT p.n) UNION ALL "
+    "(SELECT id, \"index\", false AS fresh FROM jobs WHERE task_id = p.tid AND status = 'queued' AND attempts > 0 "
+    "ORDER BY \"index\" LIMIT p.n)) AS h ON true"
 )
-HEAD_SQLITE = "SELECT id FROM jobs WHERE task_id = ? AND status = ? ORDER BY id LIMIT ?"
+CURSORS_SQLITE = "SELECT id, queue_from, n_jobs FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+CANDIDATES_SQLITE = (
+    "SELECT id, \"index\", 1 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 AND \"index\" >= ?2 "
+    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT ?3) UNION ALL "
+    "SELECT id, \"index\", 0 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 "
+    "AND status = 'queued' AND attempts > 0 ORDER BY \"index\" LIMIT ?3)"
+)
+# PostgreSQL: the chosen jobs started, and their tasks' n_queued and cursors moved, in one statement.
+START_SQL = text(
+    "WITH started AS (UPDATE jobs SET status = 'starting', attempts = jobs.attempts + 1, started_at = NULL, "
+    "ended_at = NULL WHERE jobs.id = ANY(CAST(:ids AS bigint[])) AND jobs.status = 'queued' "
+    "RETURNING jobs.id, jobs.task_id, jobs.\"index\", jobs.attempts, jobs.command, jobs.queued_at), "
+    "moved AS (SELECT task_id, count(*) AS n FROM started GROUP BY task_id), "
+    "taken AS (UPDATE tasks SET n_queued = tasks.n_queued - COALESCE(moved.n, 0), "
+    "queue_from = CASE WHEN tasks.queue_from = c.seen THEN c.next ELSE tasks.queue_from END "
+    "FROM unnest(CAST(:tids AS bigint[]), CAST(:seen AS integer[]), CAST(:next AS integer[])) AS c(tid, seen, next) "
+    "LEFT JOIN moved ON moved.task_id = c.tid WHERE tasks.id = c.tid) "
+    "SELECT id, task_id, \"index\", attempts, command, queued_at FROM started"
+).columns(_JOBS.c.id, _JOBS.c.task_id, _JOBS.c.index, _JOBS.c.attempts, _JOBS.c.command, _JOBS.c.queued_at)
 
 
-def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> list[int]:
-    """Ids of the first `n` queued jobs (by id) of each `(task id, n)` in the plan."""
+@dataclass(frozen=True)
+class Choice:
+    """What one task's dispatch takes: its jobs' ids in dispatch order, and its cursor before and
+    after."""
+
+    ids: list[int]
+    seen_from: int
+    next_from: int
+
+
+def choose(candidates: Sequence[tuple[int, int, bool]], n: int, seen_from: int, n_jobs: int) -> Choice:
+    """The first n of a task's candidates (job id, index, fresh) by index, and where its cursor
+    goes (see the module's docstring). `candidates`: at most n fresh ones from the cursor on, and
+    at most n retried ones, each part in index order."""
+    ordered = sorted(candidates, key=lambda c: c[1])
+    taken = ordered[:n]
+    fresh = [c for c in candidates if c[2]]
+    n_fresh_taken = sum(1 for c in taken if c[2])
+    if len(taken) < n and seen_from > 0:
+        next_from = 0  # a queued fresh job below the cursor: read the task from its start next time
+    elif n_fresh_taken < len(fresh):
+        next_from = fresh[n_fresh_taken][1]  # the next fresh job seen, not taken
+    elif fresh:
+        next_from = fresh[-1][1] + 1  # past the last one taken
+    else:
+        next_from = max(seen_from, n_jobs)  # no fresh job from the cursor on
+    return Choice([c[0] for c in taken], seen_from, next_from)
+
+
+def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> dict[int, Choice]:
+    """The choice for each `(task id, n)` of the plan, read in the session's transaction."""
     if not plan:
-        return []
-    queued = JobStatus.QUEUED.value
+        return {}
+    found: dict[int, list[tuple[int, int, bool]]] = {t: [] for t, _ in plan}
+    cursors: dict[int, tuple[int, int]] = {}
     if not is_sqlite(session.get_bind()):
-        return list(session.scalars(HEADS_SQL, {"tids": [t for t, _ in plan], "ns": [n for _, n in plan],
-                                                "queued": queued}))
-    cursor = session.connection().connection.cursor()  # the session's connection: same transaction
-    try:
-        chosen: list[int] = []
-        for task_id, n in plan:
-            chosen += [row[0] for row in cursor.execute(HEAD_SQLITE, (task_id, queued, n))]
-        return chosen
-    finally:
-        cursor.close()
-
-
-HEADS_SUBQUERY = HEADS_SQL.columns(Job.__table__.c.id)  # for `jobs.id IN (...)` (PostgreSQL)
+        rows = session.execute(CANDIDATES_SQL, {"tids": [t for t, _ in plan], "ns": [n for _, n in plan]})
+        for task_id, queue_from, n_jobs, job_id, index, fresh in rows:
+            cursors[task_id] = (queue_from, n_jobs)
+            if job_id is not None:
+                found[task_id].append((job_id, index, fresh))
+    else:
+        cursor = session.connection().connection.cursor()  # the session's connection: same transaction
+        try:
+            ids = "[" + ",".join(str(int(t)) for t, _ in plan) + "]"
+            cursors = {t: (q, j) for t, q, j in cursor.execute(CURSORS_SQLITE, (ids,))}
+            for task_id, n in plan:
+                if task_id in cursors:
+                    found[task_id] = [(i, x, bool(f)) for i, x, f in
+                                      cursor.execute(CANDIDATES_SQLITE, (task_id, cursors[task_id][0], n))]
+        finally:
+            cursor.close()
+    return {task_id: choose(found[task_id], n, *cursors[task_id]) for task_id, n in plan if task_id in cursors}
 
 
 def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_jobs: Update,
-                      start_heads: Select[Any] | None,
                       writing: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> list[Row[Any]]:
-    """Mark the heads of the plan's queues `starting`, take them off their tasks' `n_queued`, and
-    return their rows (the RETURNING of `start_jobs`, an UPDATE of the queued jobs among the bound
-    list `ids`). On PostgreSQL `start_heads` does it all in one statement (the same UPDATE of the
-    queued jobs among `HEADS_SUBQUERY`, and the tasks' UPDATE, as CTEs): two server round trips
-    less in every pass that dispatches (issue 18). On SQLite the heads are read first
-    (`queue_heads`, in-process), then the two UPDATEs run. `writing` wraps the UPDATEs (the
-    cycle's timing of its row writes)."""
-    if not plan:
+    """Mark the heads of the plan's queues `starting`, take them off their tasks' `n_queued`, move
+    the tasks' cursors, and return the started jobs' rows (id, task_id, index, attempts, command,
+    queued_at). `start_jobs`: the UPDATE of the queued jobs among the bound list `ids`, with that
+    RETURNING (SQLite; PostgreSQL runs START_SQL). `writing` wraps the writes (the cycle's timing
+    of its row writes)."""
+    choices = queue_heads(session, plan)
+    moves = {t: c for t, c in choices.items() if c.ids or c.next_from != c.seen_from}
+    if not moves:
         return []
-    if start_heads is not None and not is_sqlite(session.get_bind()):
-        with writing():
-            return list(session.connection().execute(start_heads, {
-                "tids": [t for t, _ in plan], "ns": [n for _, n in plan], "queued": JobStatus.QUEUED.value}))
-    chosen = queue_heads(session, plan)
-    if not chosen:
-        return []
+    ids = [i for c in moves.values() for i in c.ids]
     with writing():
-        rows = list(session.connection().execute(start_jobs, {"ids": chosen}))
-        add_queued(session, Counter({t: -n for t, n in Counter(r.task_id for r in rows).items()}))
+        if not is_sqlite(session.get_bind()):
+            return list(session.execute(START_SQL, {
+                "ids": ids, "tids": list(moves), "seen": [c.seen_from for c in moves.values()],
+                "next": [c.next_from for c in moves.values()]}))
+        rows = list(session.connection().execute(start_jobs, {"ids": ids})) if ids else []
+        started = Counter(r.task_id for r in rows)
+        bulk_update(session, Task.__table__, [{"id": t, "n_queued": -started[t], "queue_from": c.next_from}
+                                              for t, c in moves.items()], add=["n_queued"])
     return rows
 
 
-def add_queued(session: Session, deltas: Counter[int]) -> None:
+def add_queued(session: Session, deltas: Mapping[int, int], lowest: Mapping[int, int] | None = None) -> None:
     """Add each delta to its task's `n_queued` (the counter the cycle reads instead of counting
-    queued rows), one statement for all of them."""
-    bulk_update(session, Task.__table__, [{"id": t, "n_queued": d} for t, d in deltas.items()], add=["n_queued"])
+    queued rows), one statement for all of them; `lowest`: per task, the lowest index of a job
+    queued again that never ran, where the task's cursor `queue_from` goes down to (if higher)."""
+    lowest = lowest or {}
+    plain = {t: d for t, d in deltas.items() if t not in lowest}
+    if plain:
+        bulk_update(session, Task.__table__, [{"id": t, "n_queued": d} for t, d in plain.items()], add=["n_queued"])
+    if lowest:
+        bulk_update(session, Task.__table__, [{"id": t, "n_queued": deltas.get(t, 0), "queue_from": i}
+                                              for t, i in lowest.items()], add=["n_queued"], lower=["queue_from"])

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task, User
+from orchestra.db.job_lookup import live_jobs_exist, lowered_queue_from, settled
 from orchestra.errors import OrchestraError, PermissionDenied
 from orchestra.states import LIVE_JOB, JobStatus, TaskStatus, retry_status
 
@@ -54,7 +55,7 @@ def ensure_user(session: Session, name: str, share: float = 1.0) -> int:
 
 
 def _has_live_jobs(session: Session, task_id: int) -> bool:
-    return bool(session.scalar(select(exists().where(Job.task_id == task_id, Job.status.in_(LIVE)))))
+    return bool(session.scalar(select(live_jobs_exist(task_id))))
 
 
 def _stop_pending(session: Session, task_id: int, now: float) -> None:
@@ -94,16 +95,20 @@ def retry(session: Session, task_id: int, by: str) -> int:
             n_queued=0, status=status.value, reason=None, released_at=None, finished_at=None, updated_at=now))
         return 0
     fresh = {"failures": 0, "reason": None, "exit_code": None, "queued_at": now}
-    mine = (Job.task_id == task_id, Job.status.in_(REDO))
+    mine = (Job.task_id == task_id, settled(*REDO))  # failed and killed: ranges of ix_jobs_settled
     if status == TaskStatus.SCOUTING:
-        n = session.execute(update(Job).where(*mine, Job.is_scout.is_(True))
-                            .values(status=JobStatus.QUEUED.value, **fresh)).rowcount
+        queued = session.execute(update(Job).where(*mine, Job.is_scout.is_(True))
+                                 .values(status=JobStatus.QUEUED.value, **fresh).returning(Job.index, Job.attempts)).all()
         session.execute(update(Job).where(*mine, Job.is_scout.is_(False)).values(status=JobStatus.HELD.value, **fresh))
     else:
-        n = session.execute(update(Job).where(*mine).values(status=JobStatus.QUEUED.value, **fresh)).rowcount
+        queued = session.execute(update(Job).where(*mine).values(status=JobStatus.QUEUED.value, **fresh)
+                                 .returning(Job.index, Job.attempts)).all()
+    # A job killed before it ran is fresh again: the task's queue cursor goes down to it.
+    lowest = min((index for index, attempts in queued if attempts == 0), default=None)
     session.execute(update(Task).where(Task.id == task_id).values(
-        n_queued=Task.n_queued + n, status=status.value, reason=None, finished_at=None, updated_at=now))
-    return n
+        n_queued=Task.n_queued + len(queued), status=status.value, reason=None, finished_at=None, updated_at=now,
+        **({} if lowest is None else {"queue_from": lowered_queue_from(lowest)})))
+    return len(queued)
 
 
 def delete_task(session: Session, task_id: int, purge: bool, by: str) -> bool:

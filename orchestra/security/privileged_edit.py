@@ -14,15 +14,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, bindparam, cast, exists, func, insert, select, update
+from sqlalchemy import BigInteger, Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from orchestra.db.bulk import bulk_update
 from orchestra.db.engine import is_sqlite
+from orchestra.db.job_lookup import live_jobs_exist
 from orchestra.db.models import Job, Task, TaskEvent
 from orchestra.errors import OrchestraError
-from orchestra.security.privileged import LIVE, _call
+from orchestra.security.privileged import _call
 from orchestra.states import JobStatus, TaskStatus
 
 EDITABLE = ("command", "image", "queue", "priority", "max_retries", "max_time")
@@ -48,7 +49,7 @@ def edit(session: Session, task_id: int, by: str, actor: str, changes: Mapping[s
     if set(changes) - set(EDITABLE):
         raise OrchestraError(f"only {', '.join(EDITABLE)} can be edited")
     task = session.execute(select(Task).where(Task.id == task_id)).scalar_one()
-    live = session.scalar(select(exists().where(Job.task_id == task_id, Job.status.in_(LIVE))))
+    live = session.scalar(select(live_jobs_exist(task_id)))
     if task.request is not None or task.status not in EDITABLE_STATES or live:
         raise OrchestraError(f"task {task.name} cannot be edited while it is {task.status} or has running jobs")
     details = changed_fields(task, changes)

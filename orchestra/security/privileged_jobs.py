@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task
+from orchestra.db.job_lookup import lowered_queue_from
 from orchestra.security.privileged import _call
 from orchestra.states import LIVE_ATTEMPT, JobStatus, TaskStatus, retry_status
 
@@ -63,6 +64,8 @@ def retry_job(session: Session, job: Job, task: Task, by: str) -> str:
     changes: dict[str, object] = {"updated_at": now, "status": status.value}
     if job_status == JobStatus.QUEUED:
         changes["n_queued"] = Task.n_queued + 1
+        if job.attempts == 0:  # killed before it ran: fresh again, the task's queue cursor goes down to it
+            changes["queue_from"] = lowered_queue_from(job.index)
     if status != was:
         changes.update(reason=None, finished_at=None)
     session.execute(update(Task).where(Task.id == task.id).values(**changes))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from orchestra.db.job_lookup import settled_counts
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.reasons import ended
@@ -153,9 +154,7 @@ def _retry_refusal(ctx: Context, session: Session, job: Job, task: Task) -> str 
     if not job.is_scout:
         return f"job {job.id} is not a scout, and task {task.name!r} was never released; {hint}"
     # The task scouts again with this one scout re-queued: refused if the verdict is broken at once.
-    rows = session.execute(select(Job.status, func.count()).where(Job.task_id == task.id, Job.is_scout.is_(True))
-                           .group_by(Job.status)).all()
-    counts = {status: n for status, n in rows}
+    counts = settled_counts(session, [task.id], scouts_only=True)[task.id]
     failed = counts.get(JobStatus.FAILED, 0) + counts.get(JobStatus.KILLED, 0) - 1
     threshold = ctx.settings.scheduler.scout_success_threshold
     if scout_verdict(counts.get(JobStatus.SUCCEEDED, 0), failed, task.n_scouts, threshold) == TaskStatus.BROKEN:

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from orchestra import logcap
-from orchestra.db.models import Attempt, Job
+from orchestra.db.job_lookup import settled, state_counts
+from orchestra.db.models import SETTLED_STATES, Attempt, Job
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.services.context import Context
@@ -66,7 +67,7 @@ def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int 
         raise OrchestraError("--limit must be 0 (all) or more")
     with ctx.transaction() as session:
         task, _ = find(session, task_ref)
-        where = [Job.task_id == task.id] + ([Job.status == status] if status else [])
+        where = [Job.task_id == task.id] + ([_in_state(status)] if status else [])
         query = (
             select(Job, Attempt.host, Attempt.log_path)
             .outerjoin(Attempt, (Attempt.job_id == Job.id) & (Attempt.number == Job.attempts))
@@ -80,9 +81,21 @@ def job_page(ctx: Context, task_ref: str, status: str | None = None, limit: int 
             for j, host, log in session.execute((query.limit(limit) if limit else query).offset(offset or None))
         ]
         counted = count and limit and (len(rows) == limit or (offset and not rows))
-        total = offset + len(rows) if not counted else (
-            session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+        if not counted:
+            total = offset + len(rows)
+        elif status is None:
+            total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+        else:
+            total = state_counts(session, [task.id])[task.id].get(status, 0)
         return JobPage(rows, total)
+
+
+def _in_state(status: str) -> ColumnElement[bool]:
+    """`jobs.status = status`, for SQLite through ix_jobs_settled when it can be (held and ended
+    jobs: a range of it); the queued and live ones are read in the task's order and filtered."""
+    if status in SETTLED_STATES:
+        return settled(status)
+    return Job.status == status
 
 
 def list_jobs(ctx: Context, task_ref: str, status: str | None = None, limit: int = 200) -> list[JobRow]:

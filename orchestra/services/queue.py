@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestra import fairshare
@@ -37,6 +37,7 @@ from orchestra.accounts import effective_shares
 from orchestra.config import FairShareConfig, Settings
 from orchestra.db.driver_reads import DriverRead
 from orchestra.db.engine import is_sqlite
+from orchestra.db.job_lookup import first_jobs, queued_ahead, settled_counts
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.services.validation import known_job_id
 from orchestra.errors import NotFound
@@ -367,30 +368,19 @@ def pending_tasks(session: Session, owner: int | None = None, task_id: int | Non
 
 
 def held_counts(session: Session, task_ids: Sequence[int]) -> dict[int, int]:
-    """Held jobs per task (index range scans on (task_id, status))."""
-    if not task_ids:
-        return {}
-    rows = session.execute(
-        select(Job.task_id, func.count()).where(Job.task_id.in_(list(task_ids)), Job.status == JobStatus.HELD.value)
-        .group_by(Job.task_id)
-    )
-    return {t: n for t, n in rows}
+    """Held jobs per task (index range scans of ix_jobs_settled)."""
+    counts = settled_counts(session, task_ids, JobStatus.HELD.value)
+    return {t: c[JobStatus.HELD.value] for t, c in counts.items() if c}
 
 
 def scout_progress(session: Session, task_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
     """(succeeded, failed or killed) scouts per task."""
     if not task_ids:
         return {}
-    out: dict[int, list[int]] = {t: [0, 0] for t in task_ids}
-    rows = session.execute(
-        select(Job.task_id, Job.status, func.count())
-        .where(Job.task_id.in_(list(task_ids)), Job.is_scout.is_(True),
-               Job.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.KILLED.value]))
-        .group_by(Job.task_id, Job.status)
-    )
-    for task_id, status, n in rows:
-        out[task_id][0 if status == JobStatus.SUCCEEDED else 1] += n
-    return {t: (v[0], v[1]) for t, v in out.items()}
+    ended = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.KILLED.value)
+    counts = settled_counts(session, task_ids, *ended, scouts_only=True)
+    return {t: (c.get(JobStatus.SUCCEEDED.value, 0), c.get(JobStatus.FAILED.value, 0) + c.get(JobStatus.KILLED.value, 0))
+            for t, c in counts.items()}
 
 
 def pending_by_user(session: Session) -> dict[int, tuple[int, int]]:
@@ -727,8 +717,8 @@ def _expand_jobs(session: Session, ex: _Explainer, rows: list[QueueRow], limit: 
     held_need: Counter[int] = Counter()
     for k, r in held:
         held_need[r.task_id] = max(held_need[r.task_id], k + 1)
-    queued_ids = _job_ids(session, queued_need, JobStatus.QUEUED.value)
-    held_ids = _job_ids(session, held_need, JobStatus.HELD.value)
+    queued_ids = first_jobs(session, queued_need, JobStatus.QUEUED.value)
+    held_ids = first_jobs(session, held_need, JobStatus.HELD.value)
 
     def job_row(r: QueueRow, ids: list[tuple[int, int]], k: int, pos: int | None, i: int) -> QueueRow | None:
         if k >= len(ids):
@@ -751,32 +741,6 @@ def _expand_jobs(session: Session, ex: _Explainer, rows: list[QueueRow], limit: 
     total_pending = sum(r.pending for r in rows if r.state in ("queued", "held"))
     others = [r for r in rows if r.state in ("registered", "stopping")]
     return job_rows + others, total_pending > len(job_rows)
-
-
-JOB_IDS_BATCH = 200  # per-task heads in one statement (SQLite allows 500 terms in a compound SELECT)
-_HEAD = ('SELECT task_id, id, "index" FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
-         'AND status = :status ORDER BY id LIMIT :n{i}) AS h{i}')
-
-
-def _job_ids(session: Session, need: dict[int, int], status: str) -> dict[int, list[tuple[int, int]]]:
-    """The first n job (id, index) of each task in `need` with this status, in id order (dispatch order).
-
-    One statement per JOB_IDS_BATCH tasks: a UNION ALL of each task's index range scan (task_id,
-    status, id), rather than a round trip per task (200 tasks: ~140 ms on PostgreSQL, ~10 ms so).
-    Plain SQL: the ORM would spend more compiling 200 subqueries than the database answering them."""
-    out: dict[int, list[tuple[int, int]]] = {task_id: [] for task_id in need}
-    items = [(task_id, n) for task_id, n in need.items() if n > 0]
-    for start in range(0, len(items), JOB_IDS_BATCH):
-        chunk = items[start:start + JOB_IDS_BATCH]
-        sql = " UNION ALL ".join(_HEAD.format(i=i) for i in range(len(chunk)))
-        params: dict[str, Any] = {"status": status}
-        for i, (task_id, n) in enumerate(chunk):
-            params[f"t{i}"], params[f"n{i}"] = task_id, n
-        for task_id, job_id, index in session.execute(text(sql), params):
-            out[task_id].append((job_id, index))
-    for ids in out.values():
-        ids.sort()
-    return out
 
 
 # ---------------------------------------------------------------------------------------- one job
@@ -846,8 +810,7 @@ def explain_job(ctx: Context, job_id: int, now: float | None = None) -> JobExpla
             out.reason = ("waiting for the next cycle" if known else f"queue {row.cluster}/{row.queue} is not in the "
                           "configuration: nothing can start (ask an admin)")
             return out
-        k = session.scalar(select(func.count()).where(Job.task_id == row.task_id,
-                                                      Job.status == JobStatus.QUEUED.value, Job.id < row.id)) or 0
+        k = queued_ahead(session, row.task_id, row.job_index)
         pos = int(ex.positions(i, [k])[0])
         out.position = pos or None
         out.reason = ex.queued_reason(i, k)

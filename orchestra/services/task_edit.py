@@ -18,14 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestra import expansion
 from orchestra.db.models import Dataset, Job, TaskEvent
 from orchestra.errors import OrchestraError
 from orchestra.security import privileged_edit
-from orchestra.security.privileged import LIVE
+from orchestra.db.job_lookup import live_counts
 from orchestra.services.context import Context
 from orchestra.services.validation import check_image, check_priority, check_retries, parse_duration
 from orchestra.states import JobStatus, TaskStatus
@@ -110,7 +110,7 @@ def edit(ctx: Context, ref: str, req: EditRequest) -> Edited:
     with ctx.transaction() as session:
         task, owner = find(session, ref)
         ctx.require_owner(owner, f"task {task.name!r}")
-        running = session.scalar(select(func.count()).where(Job.task_id == task.id, Job.status.in_(LIVE))) or 0
+        running = sum(live_counts(session, [task.id])[task.id].values())
         _refuse_live(task.name, task.status, task.request, running)
         if "queue" in values:
             cluster = ctx.settings.cluster(task.cluster)

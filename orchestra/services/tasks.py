@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from orchestra import expansion
 from orchestra.db.engine import is_sqlite
+from orchestra.db.job_lookup import state_counts
 from orchestra.db.models import Attempt, Job, Task, User
 from orchestra.errors import NotFound, OrchestraError
 from orchestra.naming import check_ownership
@@ -162,21 +163,9 @@ def find(session: Session, ref: str) -> tuple[Task, str]:
 
 
 def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Jobs per state of each task: the queued ones from the task's `n_queued` (kept by every move
-    in and out of QUEUED, what the scheduler dispatches from), the rest counted in index ranges
-    that skip the queued entries, so a task with a million queued jobs costs a few rows, not a
-    million (the CLI and the dashboard both count this way, so they cannot disagree)."""
-    counts: dict[int, dict[str, int]] = {t: {} for t in task_ids}
-    if not task_ids:
-        return counts
-    query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(task_ids))
-    query = query.where(Job.status.in_([s.value for s in JobStatus if s != JobStatus.QUEUED]))
-    for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(task_ids))):
-        if n_queued:
-            counts[task_id][JobStatus.QUEUED.value] = n_queued
-    for task_id, status, n in session.execute(query.group_by(Job.task_id, Job.status)):
-        counts[task_id][status] = n
-    return counts
+    """Jobs per state of each task (`job_lookup.state_counts`: the CLI, the dashboard and the
+    mails all count this way, so they cannot disagree)."""
+    return state_counts(session, task_ids)
 
 
 def _summary(task: Task, owner: str, counts: dict[str, int]) -> TaskSummary:

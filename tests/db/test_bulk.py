@@ -1,7 +1,7 @@
 """The set-based writes and reads of the scheduler's hot path, on both databases: `bulk_update`
 (one UPDATE ... FROM unnest() on PostgreSQL, an executemany on SQLite), `one_of` (= ANY(array) /
-IN list), `queue_heads` (a LATERAL join / a query per task) and `start_queue_heads` (one UPDATE
-choosing its rows / the heads read, then an UPDATE) must mean the same thing on both."""
+IN list), `queue_heads` (a LATERAL join / a query per task) and `start_queue_heads` (one statement
+for the jobs and their tasks / two UPDATEs) must mean the same thing on both."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -89,6 +89,19 @@ def test_few_rows_and_many_rows_update_alike(engine: Engine) -> None:
     assert after["u25"][:2] == (2.0, 25.5) and after["u26"][:2] == (1.0, 26.0)
 
 
+def test_lower_sets_a_column_only_where_the_value_is_lower(engine: Engine) -> None:
+    """`lower` (a task's queue cursor going down), on both PostgreSQL paths."""
+    with Session(engine) as session, session.begin():
+        ids = dict(session.execute(select(User.name, User.id)).all())
+        session.execute(update(User).values(max_running=10))
+        for first, count in ((0, 2), (100, UNNEST_MIN_ROWS)):
+            bulk_update(session, USERS, [{"id": ids[f"u{i}"], "usage": 1.0, "max_running": 5 + 10 * (i % 2)}
+                                         for i in range(first, first + count)], add=["usage"], lower=["max_running"])
+    after = users(engine)
+    assert [after[f"u{i}"][3] for i in (0, 1, 100, 101, 200)] == [5, 10, 5, 10, 10]
+    assert after["u1"][1] == 2.0 and after["u101"][1] == 102.0
+
+
 def test_one_of_matches_hundreds_of_values_and_none(engine: Engine) -> None:
     with Session(engine) as session:
         ids = sorted(session.scalars(select(User.id)))
@@ -108,25 +121,26 @@ def test_queue_heads_are_the_first_queued_jobs_of_each_task(cli: Cli, db_url: st
         jobs = {t: session.scalars(select(Job.id).where(Job.task_id == t).order_by(Job.id)).all() for t in (a, b)}
         session.execute(update(Job).where(Job.id.in_([jobs[a][0], jobs[b][1]])).values(status="running"))
     with Session(engine) as session:
-        heads = queue_heads(session, [(a, 2), (b, 3)])
-        assert sorted(heads) == sorted(jobs[a][1:3] + [jobs[b][0], jobs[b][2], jobs[b][3]])
-        assert sorted(queue_heads(session, [(a, 100)])) == jobs[a][1:]  # fewer queued than asked: all of them
-        assert queue_heads(session, []) == []
+        choices = queue_heads(session, [(a, 2), (b, 3)])
+        heads = choices[a].ids + choices[b].ids
+        assert choices[a].ids == jobs[a][1:3] and choices[b].ids == [jobs[b][0], jobs[b][2], jobs[b][3]]
+        assert queue_heads(session, [(a, 100)])[a].ids == jobs[a][1:]  # fewer queued than asked: all of them
+        assert queue_heads(session, []) == {}
     sql = _Statements(db_url.startswith("sqlite"))
-    assert (sql.start_heads is None) == db_url.startswith("sqlite")  # one statement on PostgreSQL
     with Session(engine) as session:
         queued_before = dict(session.execute(select(Task.id, Task.n_queued)).all())
     with Session(engine) as session, session.begin():
-        started = start_queue_heads(session, [(a, 2), (b, 3)], sql.start_jobs, sql.start_heads)
+        started = start_queue_heads(session, [(a, 2), (b, 3)], sql.start_jobs)
         assert sorted(r.id for r in started) == sorted(heads)  # the heads, as queue_heads chose them
         assert {r.task_id for r in started} == {a, b} and all(r.attempts == 1 for r in started)
-        assert start_queue_heads(session, [], sql.start_jobs, sql.start_heads) == []
+        assert start_queue_heads(session, [], sql.start_jobs) == []
     with Session(engine) as session:
         status = dict(session.execute(select(Job.id, Job.status)).all())
         assert sorted(i for i, s in status.items() if s == "starting") == sorted(heads)
         assert [status[jobs[a][0]], status[jobs[b][1]]] == ["running", "running"]  # never started twice
-        queued_after = dict(session.execute(select(Task.id, Task.n_queued)).all())
-        assert {t: queued_before[t] - queued_after[t] for t in (a, b)} == {a: 2, b: 3}  # taken off n_queued
+        after = {t: (n, q) for t, n, q in session.execute(select(Task.id, Task.n_queued, Task.queue_from))}
+        assert {t: queued_before[t] - after[t][0] for t in (a, b)} == {a: 2, b: 3}  # taken off n_queued
+        assert {t: after[t][1] for t in (a, b)} == {a: 3, b: 4}  # the cursors: past the jobs taken
         assert sorted(i for i, s in status.items() if s == "queued") == [jobs[a][3], jobs[a][4], jobs[a][5],
                                                                             jobs[b][4], jobs[b][5]]
     engine.dispose()
@@ -181,7 +195,7 @@ def test_a_guard_on_a_transient_state_never_drives_the_plan(cli: Cli, db_url: st
             plan = "\n".join(row[0] for row in cursor.fetchall())
         finally:
             raw.close()
-        assert "ix_jobs_task_status" not in plan, plan  # found by their ids, the guard a filter
+        assert "ix_jobs" not in plan, plan  # found by their ids, the guard a filter, never a status index
     engine.dispose()
 
 

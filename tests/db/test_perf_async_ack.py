@@ -64,7 +64,7 @@ def test_only_the_record_of_started_launches_skips_the_flush(
     report = scheduler.cycle(full=False)
     assert (report.counts["succeeded"], report.counts["started"]) == (2, 2)
     assert len(async_commits()) == (0 if sqlite else 1)
-    dispatch = next(i for i, s in enumerate(statements) if "attempts=(jobs.attempts +" in s)  # jobs -> starting
+    dispatch = next(i for i, s in enumerate(statements) if "UPDATE jobs SET status" in s and "jobs.attempts +" in s)  # -> starting
     assert all(i > dispatch for i in async_commits())  # the ends and new attempts: a synchronous commit
 
     statements.clear()

@@ -35,7 +35,8 @@ def test_sqlite_pragmas_and_revision(db_url: str) -> None:
         with engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-    assert "ix_jobs_task_status" in {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    assert {"ix_jobs_settled", "ix_jobs_retried"} <= indexes and "ix_jobs_task_status" not in indexes
     engine.dispose()
 
 

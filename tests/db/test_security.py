@@ -191,6 +191,8 @@ ATTACKS = [
     ("create a user row", "INSERT INTO users (name, share, usage, usage_at, created_at) VALUES ('eve', 9, 0, 0, 0)"),
     ("inflate one's own task's queue counter", "UPDATE tasks SET n_queued = 1000 WHERE id = {bob_task}"),
     ("change one's own task's status", "UPDATE tasks SET status = 'running' WHERE id = {bob_task}"),
+    ("move one's own task's queue cursor", "UPDATE tasks SET queue_from = 1000 WHERE id = {bob_task}"),
+    ("create a task with its queue cursor set", new_task("queue_from", "1000")),
     ("re-queue one's own finished job", "UPDATE jobs SET status = 'queued' WHERE id = {bob_job}"),
     ("insert a job", "INSERT INTO jobs (task_id, index, config_path, output_dir, command, status, is_scout, attempts, "
                      "failures, queued_at) VALUES ({bob_task}, 99, '/x', '/x', 'echo', 'queued', false, 0, 0, 0)"),

@@ -1,0 +1,173 @@
+"""How a task's jobs are found by state, with no index entry that moves when a job starts or ends.
+
+Why (issue 18): the scheduler's cycle at a million queued jobs cost ~1.4x its cost at ten thousand
+on SQLite, and the growth was one index. `ix_jobs_task_status (task_id, status, id)` moved every
+job's entry at each of its status changes; with a deep queue each task's queued run spans pages of
+its own, so a cycle that starts and ends one job of each of 1,000 tasks rewrote two index pages per
+task (7,400 WAL frames a cycle at 1M queued, 4,600 at 10k; its checkpoints rewrite them again).
+Now no entry moves when a job is dispatched, acknowledged or ended, except the one its settled
+state adds: 4,000 frames a cycle at 1M, 3,800 at 10k (SQLite's WAL read back page by page).
+
+The jobs table's indexes, and the task's cursor:
+- `uq_jobs_task_index (task_id, index)`: a task's jobs in order (the expansion inserts them so).
+- `tasks.queue_from`: no queued job that never ran (`attempts = 0`, "fresh") has an index below it.
+  The dispatch takes the fresh ones from there on and moves it past them; a move of a fresh job
+  back to QUEUED (a put-back launch, the release of held jobs, a retry of a job killed before it
+  ran) moves it down (`lowered_queue_from`).
+- `ix_jobs_retried (task_id, index) WHERE status = 'queued' AND attempts > 0`: queued jobs that
+  ran before (the scheduler's retries, a user's retry of a failed job): few, anywhere in the task.
+- `ix_jobs_settled (task_id, status) WHERE status IN (held, succeeded, failed, killed)`: per-state
+  counts and lists of the jobs that wait outside the queue or have ended.
+- Starting and running jobs are found through their live attempts (`ix_attempts_status`): at most
+  the clusters' slots, whatever the number of jobs.
+
+SQLite uses a partial index only for a query that repeats the index's WHERE term literally (a
+bound parameter is not matched, an implied IN list is not); the conditions here are written so.
+PostgreSQL proves the implication from the literal values psycopg2 sends.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, distinct, exists, func, literal_column, select, text
+from sqlalchemy.orm import Session
+
+from orchestra.db.models import SETTLED_STATES, Attempt, Job, Task
+from orchestra.states import LIVE_ATTEMPT, LIVE_JOB
+
+_JOBS = Job.__table__
+_TASKS = Task.__table__
+_SETTLED_TERM = _JOBS.c.status.in_([literal_column(f"'{s}'") for s in SETTLED_STATES])
+# ix_jobs_retried's predicate, and its complement among the queued jobs.
+RETRIED = and_(_JOBS.c.status == literal_column("'queued'"), _JOBS.c.attempts > literal_column("0"))
+FRESH = and_(_JOBS.c.status == literal_column("'queued'"), _JOBS.c.attempts == literal_column("0"))
+LIVE_JOB_STATES = tuple(s.value for s in LIVE_JOB)
+_LIVE_ATTEMPT_STATES = tuple(s.value for s in LIVE_ATTEMPT)
+
+
+def settled(*states: str) -> ColumnElement[bool]:
+    """`jobs.status` is one of `states` (all of them by default), each a settled state: held,
+    succeeded, failed or killed; written so that SQLite reads them through ix_jobs_settled."""
+    wanted = tuple(str(s) for s in states) or SETTLED_STATES
+    unknown = set(wanted) - set(SETTLED_STATES)
+    if unknown:
+        raise ValueError(f"not settled job states: {sorted(unknown)}")
+    if set(wanted) == set(SETTLED_STATES):
+        return _SETTLED_TERM
+    return and_(_SETTLED_TERM, _JOBS.c.status.in_(wanted))
+
+
+def lowered_queue_from(lowest: Any) -> ColumnElement[int]:
+    """The value that moves a task's `queue_from` down to `lowest` (a fresh job of that index is
+    queued again), and leaves it where it is when it is lower already."""
+    return case((_TASKS.c.queue_from > lowest, lowest), else_=_TASKS.c.queue_from)
+
+
+def live_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Starting and running jobs per task, counted through their live attempts."""
+    out: dict[int, dict[str, int]] = {t: {} for t in task_ids}
+    if not task_ids:
+        return out
+    rows = session.execute(
+        select(Job.task_id, Job.status, func.count(distinct(Job.id))).select_from(Attempt)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.status.in_(_LIVE_ATTEMPT_STATES), Job.task_id.in_(list(task_ids)),
+               Job.status.in_(LIVE_JOB_STATES))
+        .group_by(Job.task_id, Job.status))
+    for task_id, status, n in rows:
+        out[task_id][status] = n
+    return out
+
+
+def live_jobs_exist(task_id: Any) -> ColumnElement[bool]:
+    """EXISTS: the task has a starting or running job (through the live attempts)."""
+    return exists().where(Attempt.status.in_(_LIVE_ATTEMPT_STATES), Attempt.job_id == Job.id,
+                          Job.task_id == task_id, Job.status.in_(LIVE_JOB_STATES))
+
+
+def settled_counts(session: Session, task_ids: Sequence[int], *states: str,
+                   scouts_only: bool = False) -> dict[int, dict[str, int]]:
+    """Jobs per settled state of each task (ix_jobs_settled)."""
+    out: dict[int, dict[str, int]] = {t: {} for t in task_ids}
+    if not task_ids:
+        return out
+    query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(list(task_ids)), settled(*states))
+    if scouts_only:
+        query = query.where(Job.is_scout.is_(True))
+    for task_id, status, n in session.execute(query.group_by(Job.task_id, Job.status)):
+        out[task_id][status] = n
+    return out
+
+
+def state_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Jobs per state of each task, states without jobs left out: the queued ones from the task's
+    `n_queued` (kept by every move in and out of QUEUED, what the scheduler dispatches from), the
+    live ones through their live attempts, the held and ended ones in ranges of ix_jobs_settled. A
+    task with a million queued jobs costs a few rows, not a million."""
+    counts = settled_counts(session, task_ids)
+    if not task_ids:
+        return counts
+    for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(list(task_ids)))):
+        if n_queued:
+            counts[task_id]["queued"] = n_queued
+    for task_id, live in live_counts(session, task_ids).items():
+        counts[task_id].update(live)
+    return counts
+
+
+# The first n queued jobs of a task in dispatch order (by index): the fresh ones from the task's
+# cursor on, and the retried ones, each at most n, merged by the caller. Plain SQL, one UNION ALL
+# for many tasks: the queue view asks for hundreds of tasks at once.
+_QUEUED_HEAD = (
+    'SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} AND "index" >= '
+    "(SELECT queue_from FROM tasks WHERE id = :t{i}) AND status = 'queued' AND attempts = 0 "
+    'ORDER BY "index" LIMIT :n{i}) AS f{i} UNION ALL '
+    'SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
+    "AND status = 'queued' AND attempts > 0 ORDER BY \"index\" LIMIT :n{i}) AS r{i}")
+_HELD_HEAD = ('SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
+              "AND status IN ('held', 'succeeded', 'failed', 'killed') AND status = 'held' "
+              "ORDER BY id LIMIT :n{i}) AS h{i}")
+HEADS_BATCH = 100  # tasks per statement (SQLite allows 500 terms in a compound SELECT; two per task)
+
+
+def first_jobs(session: Session, need: Mapping[int, int], status: str) -> dict[int, list[tuple[int, int]]]:
+    """The first n (job id, index) of each task in `need` that are queued (in dispatch order) or
+    held (in id order), as many as there are."""
+    if status not in ("queued", "held"):
+        raise ValueError(f"first_jobs reads queued or held jobs, not {status!r}")
+    template = _QUEUED_HEAD if status == "queued" else _HELD_HEAD
+    out: dict[int, list[tuple[int, int]]] = {task_id: [] for task_id in need}
+    items = [(task_id, n) for task_id, n in need.items() if n > 0]
+    for start in range(0, len(items), HEADS_BATCH):
+        chunk = items[start:start + HEADS_BATCH]
+        params: dict[str, Any] = {}
+        for i, (task_id, n) in enumerate(chunk):
+            params[f"t{i}"], params[f"n{i}"] = task_id, n
+        sql = " UNION ALL ".join(template.format(i=i) for i in range(len(chunk)))
+        for task_id, job_id, index in session.execute(text(sql), params):
+            out[task_id].append((job_id, index))
+    for task_id, rows in out.items():
+        rows.sort(key=lambda r: r[1])
+        del rows[need[task_id]:]
+    return out
+
+
+def queued_ahead(session: Session, task_id: int, index: int) -> int:
+    """How many queued jobs of the task come before its job of this index in dispatch order."""
+    fresh = select(func.count()).select_from(_JOBS).where(
+        _JOBS.c.task_id == task_id, _JOBS.c.index >= select(_TASKS.c.queue_from).where(
+            _TASKS.c.id == task_id).scalar_subquery(), _JOBS.c.index < index, FRESH)
+    retried = select(func.count()).select_from(_JOBS).where(_JOBS.c.task_id == task_id, RETRIED,
+                                                            _JOBS.c.index < index)
+    return int(session.scalar(fresh) or 0) + int(session.scalar(retried) or 0)
+
+
+def lowest_fresh(rows: Iterable[Any]) -> dict[int, int]:
+    """Per task, the lowest index among rows (task_id, index, attempts) of jobs queued again that
+    never ran: where that task's `queue_from` must go down to."""
+    out: dict[int, int] = {}
+    for task_id, index, attempts in rows:
+        if attempts == 0 and index < out.get(task_id, index + 1):
+            out[task_id] = index
+    return out
