@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,10 +49,17 @@ class DriverRead:
     def __init__(self, statement: Select[Any], is_sqlite: bool) -> None:
         dialect = sqlite.dialect() if is_sqlite else postgresql.dialect()
         self._postgresql = not is_sqlite
-        self.sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        self._init(str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})), ())
+
+    def _init(self, sql: str, types: tuple[str, ...]) -> None:
+        self.sql = sql  # with $1, $2... for its parameters, if any
+        self.types = types
+        # The plain SQL (no PREPARE): psycopg2's %s in the order the $n occur, and that order.
+        self._order = [int(n) - 1 for n in re.findall(r"\$(\d+)", sql)]
+        self.plain = re.sub(r"\$\d+", "%s", sql)
         self.prepared = self._postgresql  # False once a pooler proved the server sessions are not ours
         # Named after its text: two reads of the same SQL share one prepared statement.
-        self.name = "orchestra_" + hashlib.sha1(self.sql.encode()).hexdigest()[:20]
+        self.name = "orchestra_" + hashlib.sha1(sql.encode()).hexdigest()[:20]
 
     def read(self, engine: Engine) -> list[tuple[Any, ...]]:
         """Its rows, in a short transaction of its own on a connection from the engine's pool.
@@ -93,11 +102,12 @@ class DriverRead:
             raw.close()  # back to the pool (rolled back there if the commit did not happen)
         return rows
 
-    def rows(self, raw: PoolProxiedConnection, dialect: Dialect) -> list[tuple[Any, ...]]:
+    def rows(self, raw: PoolProxiedConnection, dialect: Dialect,
+             params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Its rows, in the connection's current transaction (the caller commits or not)."""
         cursor = raw.cursor()
         try:
-            cursor.execute(self._statement(raw))
+            cursor.execute(*self._statement(raw, params))
             return cursor.fetchall()
         except dialect.loaded_dbapi.Error as exc:
             if getattr(exc, "pgcode", None) in _NOT_OURS:
@@ -112,14 +122,32 @@ class DriverRead:
             with contextlib.suppress(dialect.loaded_dbapi.Error):  # its connection may be gone
                 cursor.close()
 
-    def _statement(self, raw: PoolProxiedConnection) -> str:
-        """What to send: the SQL itself, or the prepared statement's EXECUTE, preceded by its
-        PREPARE the first time on this connection (one round trip: psycopg2 sends both in one
-        string and returns the last one's rows). A PREPARE is not undone by a rollback."""
+    def _statement(self, raw: PoolProxiedConnection, params: Sequence[Any]) -> tuple[Any, ...]:
+        """What to send, as the cursor's arguments: the SQL itself, or the prepared statement's
+        EXECUTE, preceded by its PREPARE the first time on this connection (one round trip:
+        psycopg2 sends both in one string and returns the last one's rows). A PREPARE is not
+        undone by a rollback. Without parameters no argument is passed (psycopg2 would read a `%`
+        in the SQL as a placeholder)."""
         if not self.prepared:
-            return self.sql
+            return (self.plain, [params[i] for i in self._order]) if params else (self.plain,)
+        arguments = f" ({', '.join(['%s'] * len(params))})" if params else ""
         done: set[str] = raw.info.setdefault(_PREPARED, set())
         if self.name in done:
-            return f"EXECUTE {self.name}"
-        done.add(self.name)
-        return f"PREPARE {self.name} AS {self.sql}; EXECUTE {self.name}"
+            sql = f"EXECUTE {self.name}{arguments}"
+        else:
+            done.add(self.name)
+            types = f" ({', '.join(self.types)})" if self.types else ""
+            sql = f"PREPARE {self.name}{types} AS {self.sql}; EXECUTE {self.name}{arguments}"
+        return (sql, list(params)) if params else (sql,)
+
+
+class DriverStatement(DriverRead):
+    """One statement with parameters (`$1`, `$2`... of the given PostgreSQL types), prepared on
+    each pooled connection like a `DriverRead`; `rows(raw, dialect, params)` runs it in the
+    connection's transaction. PostgreSQL only (SQLite's statements are in-process calls: nothing
+    to plan over and over). Why: the dispatch's two statements cost the server more to plan than
+    to run at a short pass's one or two jobs, and SQLAlchemy's execution as much again (issue 18)."""
+
+    def __init__(self, sql: str, types: Sequence[str]) -> None:
+        self._postgresql = True
+        self._init(sql, tuple(types))

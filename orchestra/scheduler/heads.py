@@ -27,31 +27,29 @@ user's retry) is left where that transaction put it.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ContextManager
 
-from sqlalchemy import Row, Update, text
+from sqlalchemy import Row, Update
 from sqlalchemy.orm import Session
 
 from orchestra.db.bulk import bulk_update
+from orchestra.db.driver_reads import DriverStatement
 from orchestra.db.engine import is_sqlite
-from orchestra.db.models import Job, Task
+from orchestra.db.models import Task
 
-_JOBS = Job.__table__
-
-# (task id, its cursor, its job count, then per candidate: job id, index, fresh), a task without
-# candidates once with NULLs.
-CANDIDATES_SQL = text(
+# PostgreSQL, prepared on each pooled connection (db/driver_reads.py): (task id, its cursor, its
+# job count, then per candidate: job id, index, fresh); a task without candidates once, with NULLs.
+CANDIDATES = DriverStatement(
     "SELECT p.tid, t.queue_from, t.n_jobs, h.id, h.\"index\", h.fresh "
-    "FROM unnest(CAST(:tids AS bigint[]), CAST(:ns AS bigint[])) AS p(tid, n) JOIN tasks t ON t.id = p.tid "
+    "FROM unnest(CAST($1 AS bigint[]), CAST($2 AS bigint[])) AS p(tid, n) JOIN tasks t ON t.id = p.tid "
     "LEFT JOIN LATERAL ("
     "(SELECT id, \"index\", true AS fresh FROM jobs WHERE task_id = p.tid AND \"index\" >= t.queue_from "
     "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT p.n) UNION ALL "
     "(SELECT id, \"index\", false AS fresh FROM jobs WHERE task_id = p.tid AND status = 'queued' AND attempts > 0 "
-    "ORDER BY \"index\" LIMIT p.n)) AS h ON true"
-)
+    "ORDER BY \"index\" LIMIT p.n)) AS h ON true", ("bigint[]", "bigint[]"))
 CURSORS_SQLITE = "SELECT id, queue_from, n_jobs FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
 CANDIDATES_SQLITE = (
     "SELECT id, \"index\", 1 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 AND \"index\" >= ?2 "
@@ -59,18 +57,20 @@ CANDIDATES_SQLITE = (
     "SELECT id, \"index\", 0 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 "
     "AND status = 'queued' AND attempts > 0 ORDER BY \"index\" LIMIT ?3)"
 )
-# PostgreSQL: the chosen jobs started, and their tasks' n_queued and cursors moved, in one statement.
-START_SQL = text(
+# PostgreSQL: the chosen jobs started, and their tasks' n_queued and cursors moved, in one statement
+# (prepared like CANDIDATES). A cursor another transaction moved since the read is left as it is.
+START = DriverStatement(
     "WITH started AS (UPDATE jobs SET status = 'starting', attempts = jobs.attempts + 1, started_at = NULL, "
-    "ended_at = NULL WHERE jobs.id = ANY(CAST(:ids AS bigint[])) AND jobs.status = 'queued' "
+    "ended_at = NULL WHERE jobs.id = ANY(CAST($1 AS bigint[])) AND jobs.status = 'queued' "
     "RETURNING jobs.id, jobs.task_id, jobs.\"index\", jobs.attempts, jobs.command, jobs.queued_at), "
     "moved AS (SELECT task_id, count(*) AS n FROM started GROUP BY task_id), "
     "taken AS (UPDATE tasks SET n_queued = tasks.n_queued - COALESCE(moved.n, 0), "
     "queue_from = CASE WHEN tasks.queue_from = c.seen THEN c.next ELSE tasks.queue_from END "
-    "FROM unnest(CAST(:tids AS bigint[]), CAST(:seen AS integer[]), CAST(:next AS integer[])) AS c(tid, seen, next) "
+    "FROM unnest(CAST($2 AS bigint[]), CAST($3 AS integer[]), CAST($4 AS integer[])) AS c(tid, seen, next) "
     "LEFT JOIN moved ON moved.task_id = c.tid WHERE tasks.id = c.tid) "
-    "SELECT id, task_id, \"index\", attempts, command, queued_at FROM started"
-).columns(_JOBS.c.id, _JOBS.c.task_id, _JOBS.c.index, _JOBS.c.attempts, _JOBS.c.command, _JOBS.c.queued_at)
+    "SELECT id, task_id, \"index\", attempts, command, queued_at FROM started",
+    ("bigint[]", "bigint[]", "integer[]", "integer[]"))
+Started = namedtuple("Started", "id task_id index attempts command queued_at")  # START's rows
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,16 @@ def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> dict[int, 
         return {}
     found: dict[int, list[tuple[int, int, bool]]] = {t: [] for t, _ in plan}
     cursors: dict[int, tuple[int, int]] = {}
-    if not is_sqlite(session.get_bind()):
-        rows = session.execute(CANDIDATES_SQL, {"tids": [t for t, _ in plan], "ns": [n for _, n in plan]})
+    connection = session.connection()
+    if not is_sqlite(connection):
+        rows = CANDIDATES.rows(connection.connection, connection.dialect,
+                               ([t for t, _ in plan], [n for _, n in plan]))
         for task_id, queue_from, n_jobs, job_id, index, fresh in rows:
             cursors[task_id] = (queue_from, n_jobs)
             if job_id is not None:
                 found[task_id].append((job_id, index, fresh))
     else:
-        cursor = session.connection().connection.cursor()  # the session's connection: same transaction
+        cursor = connection.connection.cursor()  # the session's connection: same transaction
         try:
             ids = "[" + ",".join(str(int(t)) for t, _ in plan) + "]"
             cursors = {t: (q, j) for t, q, j in cursor.execute(CURSORS_SQLITE, (ids,))}
@@ -133,7 +135,7 @@ def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_j
     """Mark the heads of the plan's queues `starting`, take them off their tasks' `n_queued`, move
     the tasks' cursors, and return the started jobs' rows (id, task_id, index, attempts, command,
     queued_at). `start_jobs`: the UPDATE of the queued jobs among the bound list `ids`, with that
-    RETURNING (SQLite; PostgreSQL runs START_SQL). `writing` wraps the writes (the cycle's timing
+    RETURNING (SQLite; PostgreSQL runs START). `writing` wraps the writes (the cycle's timing
     of its row writes)."""
     choices = queue_heads(session, plan)
     moves = {t: c for t, c in choices.items() if c.ids or c.next_from != c.seen_from}
@@ -141,10 +143,10 @@ def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_j
         return []
     ids = [i for c in moves.values() for i in c.ids]
     with writing():
-        if not is_sqlite(session.get_bind()):
-            return list(session.execute(START_SQL, {
-                "ids": ids, "tids": list(moves), "seen": [c.seen_from for c in moves.values()],
-                "next": [c.next_from for c in moves.values()]}))
+        connection = session.connection()
+        if not is_sqlite(connection):
+            return [Started(*r) for r in START.rows(connection.connection, connection.dialect, (
+                ids, list(moves), [c.seen_from for c in moves.values()], [c.next_from for c in moves.values()]))]
         rows = list(session.connection().execute(start_jobs, {"ids": ids})) if ids else []
         started = Counter(r.task_id for r in rows)
         bulk_update(session, Task.__table__, [{"id": t, "n_queued": -started[t], "queue_from": c.next_from}

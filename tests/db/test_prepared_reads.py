@@ -120,3 +120,30 @@ def test_a_prepared_read_is_planned_again_once_its_table_was_analyzed(engine: En
         conn.execute(text("ANALYZE growing"))
     assert plan().startswith("Seq Scan")  # every row matches now: planned again, reads the table
     assert len(read.read(engine)) == 20000
+
+
+def test_a_statement_with_parameters_is_prepared_once_and_falls_back_to_plain_sql(engine: Engine) -> None:
+    """`DriverStatement` (the dispatch's candidates and start, scheduler/heads.py): typed `$n`
+    parameters, lists as arrays (empty ones too), the same rows prepared and plain; a pooler that
+    lost it fails one transaction, then it runs as plain SQL with the parameters in their order."""
+    from orchestra.db.driver_reads import DriverStatement
+
+    if is_sqlite(engine):
+        pytest.skip("SQLite prepares nothing on a server")
+    statement = DriverStatement(
+        "SELECT x, $2::text AS label FROM unnest(CAST($1 AS bigint[])) AS t(x) WHERE x > $3 ORDER BY x",
+        ("bigint[]", "text", "integer"))
+    with engine.connect() as conn:
+        raw = conn.connection
+        assert statement.rows(raw, engine.dialect, ([3, 1, 2], "a", 1)) == [(2, "a"), (3, "a")]
+        assert statement.rows(raw, engine.dialect, ([], "b", 0)) == []
+        assert statement.name in raw.info["orchestra_prepared"]
+        raw.rollback()
+    _forget_prepared(engine)
+    with engine.connect() as conn:
+        raw = conn.connection
+        with pytest.raises(DBAPIError):
+            statement.rows(raw, engine.dialect, ([5], "c", 0))
+        raw.rollback()
+        assert not statement.prepared
+        assert statement.rows(raw, engine.dialect, ([5, 7], "c", 6)) == [(7, "c")]  # plain: %s in $n order

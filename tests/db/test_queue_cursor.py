@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session
 
 from orchestra.backends.null import NullBackend
@@ -15,7 +15,7 @@ from orchestra.db.job_lookup import first_jobs, queued_ahead, settled, settled_c
 from orchestra.db.models import Attempt, Job, Task
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import CANDIDATES_SQL, CANDIDATES_SQLITE, queue_heads
+from orchestra.scheduler.heads import CANDIDATES, CANDIDATES_SQLITE, queue_heads
 from tests.db.test_bulk import tasks_of_alice
 from tests.db.test_perf_short_pass import submit
 from tests.helpers import Cli
@@ -146,8 +146,9 @@ def test_the_lookups_use_the_partial_indexes(cli: Cli, storage: Path, sched: tup
             connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
             compiled = counts.compile(engine, compile_kwargs={"literal_binds": True})
             assert "ix_jobs_settled" in "\n".join(r[0] for r in connection.exec_driver_sql(f"EXPLAIN {compiled}"))
-            heads = "\n".join(r[0] for r in connection.execute(text("EXPLAIN " + str(CANDIDATES_SQL)),
-                                                              {"tids": [task_id], "ns": [3]}))
+            raw = connection.connection.cursor()
+            raw.execute("EXPLAIN " + CANDIDATES.plain, ([task_id], [3]))
+            heads = "\n".join(r[0] for r in raw.fetchall())
             assert "uq_jobs_task_index" in heads and "ix_jobs_retried" in heads, heads
         assert settled_counts(session, [task_id]) == {task_id: {}}
         live = state_counts(session, [task_id])[task_id]
