@@ -22,86 +22,56 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-NOW = "extract(epoch from clock_timestamp())::double precision"
 SETTLED_WHERE = "status IN ('held', 'succeeded', 'failed', 'killed')"
 RETRIED_WHERE = "status = 'queued' AND attempts > 0"
 
-# 0005's body, with the re-queued jobs' lowest fresh index taken to the task's cursor.
-TASK_RETRY = f"""
-CREATE OR REPLACE FUNCTION orchestra_task_retry(p_task bigint, p_by text) RETURNS integer LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = {{s}}, pg_temp AS $$
-DECLARE v_task tasks; v_now double precision := {NOW}; v_n integer; v_low integer; v_status text;
-BEGIN
-  v_task := orchestra_owned_task(p_task, p_by);
-  IF v_task.request IS NOT NULL OR v_task.status = 'registered' THEN
-    RAISE EXCEPTION 'orchestra: task % cannot be retried now', v_task.name USING ERRCODE = '55000';
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM jobs WHERE task_id = p_task) THEN
-    -- never expanded (killed or broken before it): the scheduler expands it again
-    UPDATE tasks SET n_queued = 0, status = 'registered', reason = NULL, released_at = NULL, finished_at = NULL,
-      updated_at = v_now WHERE id = p_task;
-    RETURN 0;
-  END IF;
-  IF v_task.released_at IS NULL AND NOT v_task.bypass AND v_task.n_scouts > 0 THEN
-    WITH q AS (UPDATE jobs SET status = 'queued', failures = 0, reason = NULL, exit_code = NULL, queued_at = v_now
-      WHERE task_id = p_task AND is_scout AND status IN ('failed', 'killed') RETURNING "index", attempts)
-    SELECT count(*), min("index") FILTER (WHERE attempts = 0) INTO v_n, v_low FROM q;
-    UPDATE jobs SET status = 'held', failures = 0, reason = NULL, exit_code = NULL, queued_at = v_now
-      WHERE task_id = p_task AND NOT is_scout AND status IN ('failed', 'killed');
-    v_status := 'scouting';
-  ELSE
-    WITH q AS (UPDATE jobs SET status = 'queued', failures = 0, reason = NULL, exit_code = NULL, queued_at = v_now
-      WHERE task_id = p_task AND status IN ('failed', 'killed') RETURNING "index", attempts)
-    SELECT count(*), min("index") FILTER (WHERE attempts = 0) INTO v_n, v_low FROM q;
-    v_status := 'running';
-  END IF;
-  UPDATE tasks SET n_queued = n_queued + v_n, status = v_status, reason = NULL, finished_at = NULL,
-    queue_from = LEAST(queue_from, COALESCE(v_low, queue_from)), updated_at = v_now WHERE id = p_task;
-  RETURN v_n;
-END $$;
-"""
 
-# 0007's body, with a re-queued job that never ran taken to the task's cursor.
-JOB_RETRY = f"""
-CREATE OR REPLACE FUNCTION orchestra_job_retry(p_job bigint, p_by text) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = {{s}}, pg_temp AS $$
-DECLARE v_job jobs; v_task tasks; v_now double precision := {NOW}; v_status text; v_job_status text;
-BEGIN
-  SELECT * INTO v_job FROM jobs WHERE id = p_job FOR UPDATE;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'orchestra: job % does not exist', p_job USING ERRCODE = 'P0002';
-  END IF;
-  v_task := orchestra_owned_task(v_job.task_id, p_by);
-  IF v_task.request IS NOT NULL THEN
-    RAISE EXCEPTION 'orchestra: task % cannot be retried now', v_task.name USING ERRCODE = '55000';
-  END IF;
-  IF v_job.status NOT IN ('failed', 'killed') THEN
-    RAISE EXCEPTION 'orchestra: job % is %; only a failed or killed job can be retried', p_job, v_job.status
-      USING ERRCODE = '55000';
-  END IF;
-  IF v_task.status IN ('scouting', 'running') THEN
-    v_status := v_task.status;
-  ELSIF v_task.status IN ('partial', 'broken', 'killed') THEN
-    -- states.retry_status (the task has jobs): scouting again if it was never released
-    v_status := CASE WHEN v_task.released_at IS NULL AND NOT v_task.bypass AND v_task.n_scouts > 0
-                     THEN 'scouting' ELSE 'running' END;
-  ELSE
-    RAISE EXCEPTION 'orchestra: task % is %; its jobs cannot be retried', v_task.name, v_task.status
-      USING ERRCODE = '55000';
-  END IF;
-  v_job_status := CASE WHEN v_status = 'scouting' AND NOT v_job.is_scout THEN 'held' ELSE 'queued' END;
-  UPDATE jobs SET status = v_job_status, failures = 0, reason = NULL, exit_code = NULL, queued_at = v_now,
-    started_at = NULL, ended_at = NULL WHERE id = p_job;
-  UPDATE tasks SET n_queued = n_queued + CASE WHEN v_job_status = 'queued' THEN 1 ELSE 0 END,
-    queue_from = CASE WHEN v_job_status = 'queued' AND v_job.attempts = 0
-                      THEN LEAST(queue_from, v_job."index") ELSE queue_from END,
-    status = v_status,
-    reason = CASE WHEN v_status = v_task.status THEN reason ELSE NULL END,
-    finished_at = CASE WHEN v_status = v_task.status THEN finished_at ELSE NULL END,
-    updated_at = v_now WHERE id = v_task.id;
-  RETURN v_job_status;
-END $$;
-"""
+def _sibling(name: str):  # type: ignore[no-untyped-def]
+    """Another migration's module (their file names start with digits: no import statement)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"_orchestra_migration_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _edited(body: str, *changes: tuple[str, str, int]) -> str:
+    """An earlier migration's function body with each (old, new, count) replaced, each old text
+    found exactly `count` times (the earlier bodies are history: they do not change)."""
+    for old, new, count in changes:
+        assert body.count(old) == count, (old, body.count(old))
+        body = body.replace(old, new)
+    return body
+
+
+def _task_retry() -> str:
+    """0005's `orchestra_task_retry`, the re-queued jobs' lowest fresh index taken to the cursor."""
+    return _edited(
+        _sibling("0005_transitions").RETRY,
+        ("v_n integer; v_status text;", "v_n integer; v_low integer; v_status text;", 1),
+        ("    UPDATE jobs SET status = 'queued'", "    WITH q AS (UPDATE jobs SET status = 'queued'", 2),
+        ("status IN ('failed', 'killed');\n    GET DIAGNOSTICS v_n = ROW_COUNT;",
+         "status IN ('failed', 'killed') RETURNING \"index\", attempts)\n"
+         "    SELECT count(*), min(\"index\") FILTER (WHERE attempts = 0) INTO v_n, v_low FROM q;", 2),
+        ("finished_at = NULL,\n    updated_at = v_now WHERE id = p_task;\n  RETURN v_n;",
+         "finished_at = NULL,\n    queue_from = LEAST(queue_from, COALESCE(v_low, queue_from)), updated_at = v_now "
+         "WHERE id = p_task;\n  RETURN v_n;", 1))
+
+
+def _job_retry(created: bool) -> str:
+    """0007's `orchestra_job_retry` (as created there, or, `created` False, with the re-queued job
+    that never ran taken to the cursor); CREATE OR REPLACE keeps its owner and grants."""
+    functions = _sibling("0007_job_actions").JOB_FUNCTIONS
+    body = functions[functions.index("CREATE FUNCTION orchestra_job_retry"):].replace(
+        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    if created:
+        return body
+    return _edited(body, ("THEN 1 ELSE 0 END,\n", "THEN 1 ELSE 0 END,\n"
+                          "    queue_from = CASE WHEN v_job_status = 'queued' AND v_job.attempts = 0\n"
+                          "                      THEN LEAST(queue_from, v_job.\"index\") ELSE queue_from END,\n", 1))
 
 
 def _postgresql_schema() -> str | None:
@@ -122,29 +92,15 @@ def upgrade() -> None:
                     sqlite_where=sa.text(RETRIED_WHERE), postgresql_where=sa.text(RETRIED_WHERE))
     schema = _postgresql_schema()
     if schema is not None:
-        op.execute(TASK_RETRY.format(s=schema))
-        op.execute(JOB_RETRY.format(s=schema))
-
-
-def _sibling(name: str):  # type: ignore[no-untyped-def]
-    """Another migration's module (their file names start with digits: no import statement)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(f"_orchestra_migration_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        op.execute(_task_retry().format(s=schema))
+        op.execute(_job_retry(created=False).format(s=schema))
 
 
 def downgrade() -> None:
     schema = _postgresql_schema()
     if schema is not None:  # the bodies of 0005 and 0007 (CREATE OR REPLACE keeps owner and grants)
         op.execute(_sibling("0005_transitions").RETRY.format(s=schema))
-        job_functions = _sibling("0007_job_actions").JOB_FUNCTIONS
-        retry = job_functions[job_functions.index("CREATE FUNCTION orchestra_job_retry"):]
-        op.execute(retry.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).format(s=schema))
+        op.execute(_job_retry(created=True).format(s=schema))
     op.drop_index("ix_jobs_retried", table_name="jobs")
     op.drop_index("ix_jobs_settled", table_name="jobs")
     op.create_index("ix_jobs_task_status", "jobs", ["task_id", "status", "id"], unique=False)
