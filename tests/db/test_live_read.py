@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestra.backends.null import NullBackend
 from orchestra.scheduler.cycle import LiveAttempt, Scheduler
+from orchestra.scheduler import heads
 from orchestra.services import queue
 from tests.db.conftest import scheduler_on
 from tests.db.test_perf_short_pass import submit
@@ -79,7 +80,8 @@ def test_the_passes_reads_are_prepared_once_on_the_server(cli: Cli, storage: Pat
     finally:
         raw.close()
     policy = queue._ACTIVE_READS[False]  # the fair-share policy's read of the active tasks
-    assert names == sorted({scheduler._sql.live.name, scheduler._sql.to_advance.name, policy.name})
+    dispatch = {heads.CANDIDATES.name, heads.START.name}  # the dispatch's read and write
+    assert names == sorted({scheduler._sql.live.name, scheduler._sql.to_advance.name, policy.name} | dispatch)
 
 
 def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchemys(
@@ -97,7 +99,8 @@ def test_a_dropped_connection_is_replaced_and_a_driver_error_raised_as_sqlalchem
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
         other.dispose()
         assert len(scheduler._read_live()) == 4  # replaced (a ping if it rested, else the read's retry)
-    monkeypatch.setattr(scheduler._sql.live, "sql", "SELECT * FROM no_such_table")
+    monkeypatch.setattr(scheduler._sql.live, "sql", "SELECT * FROM no_such_table")  # what PREPARE sends
+    monkeypatch.setattr(scheduler._sql.live, "plain", "SELECT * FROM no_such_table")  # unprepared (SQLite)
     monkeypatch.setattr(scheduler._sql.live, "name", "orchestra_no_such_table")  # not prepared yet
     with pytest.raises(DBAPIError, match="no_such_table"):
         scheduler._read_live()
