@@ -28,12 +28,15 @@ PostgreSQL proves the implication from the literal values psycopg2 sends.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, distinct, exists, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
-from orchestra.db.models import SETTLED_STATES, Attempt, Job, Task
+from orchestra.db.driver_reads import DriverStatement
+from orchestra.db.engine import is_sqlite
+from orchestra.db.models import RETRIED_WHERE, SETTLED_STATES, SETTLED_WHERE, Attempt, Job, Task
 from orchestra.states import LIVE_ATTEMPT, LIVE_JOB
 
 _JOBS = Job.__table__
@@ -116,19 +119,95 @@ def state_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[st
     return counts
 
 
-# The first n queued jobs of a task in dispatch order (by index): the fresh ones from the task's
-# cursor on, and the retried ones, each at most n, merged by the caller. Plain SQL, one UNION ALL
-# for many tasks: the queue view asks for hundreds of tasks at once.
-_QUEUED_HEAD = (
-    'SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} AND "index" >= '
-    "(SELECT queue_from FROM tasks WHERE id = :t{i}) AND status = 'queued' AND attempts = 0 "
-    'ORDER BY "index" LIMIT :n{i}) AS f{i} UNION ALL '
-    'SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
-    "AND status = 'queued' AND attempts > 0 ORDER BY \"index\" LIMIT :n{i}) AS r{i}")
+# A task's queue, read for the dispatch and for the queue view alike: its fresh jobs from its cursor
+# on, and its retried jobs, each at most n; `choose` takes the first n of the two by index and says
+# where the cursor goes. Reads: one statement on PostgreSQL (a LATERAL join over the tasks, since a
+# server round trip per task would cost more than the rest of the cycle); on SQLite, which has no
+# LATERAL, one indexed query per task on the driver's cursor (in-process calls cost microseconds,
+# SQLAlchemy's per-statement overhead ~100 µs each).
+# PostgreSQL, prepared on each pooled connection (db/driver_reads.py): (task id, its cursor, its
+# job count, then per candidate: job id, index, fresh); a task without candidates once, with NULLs.
+CANDIDATES = DriverStatement(
+    "SELECT p.tid, t.queue_from, t.n_jobs, h.id, h.\"index\", h.fresh "
+    "FROM unnest(CAST($1 AS bigint[]), CAST($2 AS bigint[])) AS p(tid, n) JOIN tasks t ON t.id = p.tid "
+    "LEFT JOIN LATERAL ("
+    "(SELECT id, \"index\", true AS fresh FROM jobs WHERE task_id = p.tid AND \"index\" >= t.queue_from "
+    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT p.n) UNION ALL "
+    f"(SELECT id, \"index\", false AS fresh FROM jobs WHERE task_id = p.tid AND {RETRIED_WHERE} "
+    "ORDER BY \"index\" LIMIT p.n)) AS h ON true", ("bigint[]", "bigint[]"))
+CURSORS_SQLITE = "SELECT id, queue_from, n_jobs FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+CANDIDATES_SQLITE = (
+    "SELECT id, \"index\", 1 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 AND \"index\" >= ?2 "
+    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT ?3) UNION ALL "
+    "SELECT id, \"index\", 0 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 "
+    f"AND {RETRIED_WHERE} ORDER BY \"index\" LIMIT ?3)"
+)
+
+@dataclass(frozen=True)
+class Choice:
+    """What one task's dispatch takes: its jobs (id, index) in dispatch order, and its cursor
+    before and after."""
+
+    jobs: list[tuple[int, int]]
+    seen_from: int
+    next_from: int
+
+    @property
+    def ids(self) -> list[int]:
+        return [job_id for job_id, _ in self.jobs]
+
+
+def choose(candidates: Sequence[tuple[int, int, bool]], n: int, seen_from: int, n_jobs: int) -> Choice:
+    """The first n of a task's candidates (job id, index, fresh) by index, and where its cursor
+    goes (see the module's docstring). `candidates`: at most n fresh ones from the cursor on, and
+    at most n retried ones, each part in index order."""
+    ordered = sorted(candidates, key=lambda c: c[1])
+    taken = ordered[:n]
+    fresh = [c for c in candidates if c[2]]
+    n_fresh_taken = sum(1 for c in taken if c[2])
+    if len(taken) < n and seen_from > 0:
+        next_from = 0  # a queued fresh job below the cursor: read the task from its start next time
+    elif n_fresh_taken < len(fresh):
+        next_from = fresh[n_fresh_taken][1]  # the next fresh job seen, not taken
+    elif fresh:
+        next_from = fresh[-1][1] + 1  # past the last one taken
+    else:
+        next_from = max(seen_from, n_jobs)  # no fresh job from the cursor on
+    return Choice([(c[0], c[1]) for c in taken], seen_from, next_from)
+
+
+def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> dict[int, Choice]:
+    """The choice for each `(task id, n)` of the plan, read in the session's transaction."""
+    if not plan:
+        return {}
+    found: dict[int, list[tuple[int, int, bool]]] = {t: [] for t, _ in plan}
+    cursors: dict[int, tuple[int, int]] = {}
+    connection = session.connection()
+    if not is_sqlite(connection):
+        rows = CANDIDATES.rows(connection.connection, connection.dialect,
+                               ([t for t, _ in plan], [n for _, n in plan]))
+        for task_id, queue_from, n_jobs, job_id, index, fresh in rows:
+            cursors[task_id] = (queue_from, n_jobs)
+            if job_id is not None:
+                found[task_id].append((job_id, index, fresh))
+    else:
+        cursor = connection.connection.cursor()  # the session's connection: same transaction
+        try:
+            ids = "[" + ",".join(str(int(t)) for t, _ in plan) + "]"
+            cursors = {t: (q, j) for t, q, j in cursor.execute(CURSORS_SQLITE, (ids,))}
+            for task_id, n in plan:
+                if task_id in cursors:
+                    found[task_id] = [(i, x, bool(f)) for i, x, f in
+                                      cursor.execute(CANDIDATES_SQLITE, (task_id, cursors[task_id][0], n))]
+        finally:
+            cursor.close()
+    return {task_id: choose(found[task_id], n, *cursors[task_id]) for task_id, n in plan if task_id in cursors}
+
+
+# The first n held jobs of a task, in id order (the queue view), for many tasks in one UNION ALL.
 _HELD_HEAD = ('SELECT * FROM (SELECT task_id, id, "index" FROM jobs WHERE task_id = :t{i} '
-              "AND status IN ('held', 'succeeded', 'failed', 'killed') AND status = 'held' "
-              "ORDER BY id LIMIT :n{i}) AS h{i}")
-HEADS_BATCH = 100  # tasks per statement (SQLite allows 500 terms in a compound SELECT; two per task)
+              f"AND {SETTLED_WHERE} AND status = 'held' ORDER BY id LIMIT :n{{i}}) AS h{{i}}")
+HEADS_BATCH = 200  # tasks per statement (SQLite allows 500 terms in a compound SELECT)
 
 
 def first_jobs(session: Session, need: Mapping[int, int], status: str) -> dict[int, list[tuple[int, int]]]:
@@ -136,20 +215,19 @@ def first_jobs(session: Session, need: Mapping[int, int], status: str) -> dict[i
     held (in id order), as many as there are."""
     if status not in ("queued", "held"):
         raise ValueError(f"first_jobs reads queued or held jobs, not {status!r}")
-    template = _QUEUED_HEAD if status == "queued" else _HELD_HEAD
     out: dict[int, list[tuple[int, int]]] = {task_id: [] for task_id in need}
     items = [(task_id, n) for task_id, n in need.items() if n > 0]
+    if status == "queued":  # as the dispatch would take them
+        out.update({task_id: c.jobs for task_id, c in queue_heads(session, items).items()})
+        return out
     for start in range(0, len(items), HEADS_BATCH):
         chunk = items[start:start + HEADS_BATCH]
         params: dict[str, Any] = {}
         for i, (task_id, n) in enumerate(chunk):
             params[f"t{i}"], params[f"n{i}"] = task_id, n
-        sql = " UNION ALL ".join(template.format(i=i) for i in range(len(chunk)))
+        sql = " UNION ALL ".join(_HELD_HEAD.format(i=i) for i in range(len(chunk)))
         for task_id, job_id, index in session.execute(text(sql), params):
             out[task_id].append((job_id, index))
-    for task_id, rows in out.items():
-        rows.sort(key=lambda r: r[1])
-        del rows[need[task_id]:]
     return out
 
 

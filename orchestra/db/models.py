@@ -148,7 +148,7 @@ class Task(Base):
 # The partial indexes' predicates, exactly as a query must repeat them for SQLite to use the index
 # (SQLite matches a partial index's WHERE term by term; orchestra/db/job_lookup.py builds them).
 SETTLED_STATES = ("held", "succeeded", "failed", "killed")
-SETTLED_WHERE = "status IN ('held', 'succeeded', 'failed', 'killed')"
+SETTLED_WHERE = f"status IN ({', '.join(repr(s) for s in SETTLED_STATES)})"
 RETRIED_WHERE = "status = 'queued' AND attempts > 0"
 
 

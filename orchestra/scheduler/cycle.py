@@ -105,7 +105,7 @@ class _Statements:
         start = dict(status=JobStatus.STARTING.value, attempts=JOBS.c.attempts + 1, started_at=None, ended_at=None)
         started = (JOBS.c.id, JOBS.c.task_id, JOBS.c.index, JOBS.c.attempts, JOBS.c.command, JOBS.c.queued_at)
         queued = JOBS.c.status == JobStatus.QUEUED.value
-        # SQLite: the heads chosen (scheduler/heads.py) started; PostgreSQL runs heads.START_SQL.
+        # SQLite: the heads chosen (scheduler/heads.py) started; PostgreSQL runs heads.START.
         self.start_jobs = update(JOBS).where(one_of_param(JOBS.c.id, "ids", sqlite), queued).values(**start) \
             .returning(*started)
         charged = one_of_param(USERS.c.id, "ids", sqlite)

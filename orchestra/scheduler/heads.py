@@ -7,7 +7,8 @@ along the partial `ix_jobs_retried`; each stops after n rows, and the first n of
 are the head. Neither index has an entry that moves when a job starts or ends (the old status
 index did, and that was the growth of the cycle's cost with the depth of the queue).
 
-The choice, and where the cursor goes next, is one Python function (`choose`) for both databases:
+The read and the choice are `job_lookup.queue_heads` (the queue view reads the same), and where
+the cursor goes next is one Python function (`job_lookup.choose`) for both databases:
 - the fresh jobs taken are the first ones from the cursor, so the cursor moves to the next fresh
   job seen, or past the last one taken;
 - no fresh job seen at all: none is queued from the cursor on, so it moves past the task's last
@@ -17,11 +18,7 @@ The choice, and where the cursor goes next, is one Python function (`choose`) fo
   next dispatch reads the task from its first job. A safety net, never a loss: the job waits one
   pass longer.
 
-Reads: one statement per cycle on PostgreSQL (a LATERAL join over the plan, since a server round
-trip per task would cost more than the rest of the cycle); on SQLite, which has no LATERAL, one
-indexed query per task on the driver's cursor (in-process calls cost microseconds, SQLAlchemy's
-per-statement overhead ~100 µs each). Writes: on PostgreSQL the jobs' UPDATE and the tasks'
-counters and cursors in one statement; a cursor moved by another transaction since the read (a
+Writes: on PostgreSQL the jobs' UPDATE and the tasks' counters and cursors in one statement; a cursor moved by another transaction since the read (a
 user's retry) is left where that transaction put it.
 """
 from __future__ import annotations
@@ -29,7 +26,6 @@ from __future__ import annotations
 import contextlib
 from collections import Counter, namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ContextManager
 
 from sqlalchemy import Row, Update
@@ -38,25 +34,9 @@ from sqlalchemy.orm import Session
 from orchestra.db.bulk import bulk_update
 from orchestra.db.driver_reads import DriverStatement
 from orchestra.db.engine import is_sqlite
+from orchestra.db.job_lookup import queue_heads
 from orchestra.db.models import Task
 
-# PostgreSQL, prepared on each pooled connection (db/driver_reads.py): (task id, its cursor, its
-# job count, then per candidate: job id, index, fresh); a task without candidates once, with NULLs.
-CANDIDATES = DriverStatement(
-    "SELECT p.tid, t.queue_from, t.n_jobs, h.id, h.\"index\", h.fresh "
-    "FROM unnest(CAST($1 AS bigint[]), CAST($2 AS bigint[])) AS p(tid, n) JOIN tasks t ON t.id = p.tid "
-    "LEFT JOIN LATERAL ("
-    "(SELECT id, \"index\", true AS fresh FROM jobs WHERE task_id = p.tid AND \"index\" >= t.queue_from "
-    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT p.n) UNION ALL "
-    "(SELECT id, \"index\", false AS fresh FROM jobs WHERE task_id = p.tid AND status = 'queued' AND attempts > 0 "
-    "ORDER BY \"index\" LIMIT p.n)) AS h ON true", ("bigint[]", "bigint[]"))
-CURSORS_SQLITE = "SELECT id, queue_from, n_jobs FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
-CANDIDATES_SQLITE = (
-    "SELECT id, \"index\", 1 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 AND \"index\" >= ?2 "
-    "AND status = 'queued' AND attempts = 0 ORDER BY \"index\" LIMIT ?3) UNION ALL "
-    "SELECT id, \"index\", 0 FROM (SELECT id, \"index\" FROM jobs WHERE task_id = ?1 "
-    "AND status = 'queued' AND attempts > 0 ORDER BY \"index\" LIMIT ?3)"
-)
 # PostgreSQL: the chosen jobs started, and their tasks' n_queued and cursors moved, in one statement
 # (prepared like CANDIDATES). A cursor another transaction moved since the read is left as it is.
 START = DriverStatement(
@@ -71,63 +51,6 @@ START = DriverStatement(
     "SELECT id, task_id, \"index\", attempts, command, queued_at FROM started",
     ("bigint[]", "bigint[]", "integer[]", "integer[]"))
 Started = namedtuple("Started", "id task_id index attempts command queued_at")  # START's rows
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What one task's dispatch takes: its jobs' ids in dispatch order, and its cursor before and
-    after."""
-
-    ids: list[int]
-    seen_from: int
-    next_from: int
-
-
-def choose(candidates: Sequence[tuple[int, int, bool]], n: int, seen_from: int, n_jobs: int) -> Choice:
-    """The first n of a task's candidates (job id, index, fresh) by index, and where its cursor
-    goes (see the module's docstring). `candidates`: at most n fresh ones from the cursor on, and
-    at most n retried ones, each part in index order."""
-    ordered = sorted(candidates, key=lambda c: c[1])
-    taken = ordered[:n]
-    fresh = [c for c in candidates if c[2]]
-    n_fresh_taken = sum(1 for c in taken if c[2])
-    if len(taken) < n and seen_from > 0:
-        next_from = 0  # a queued fresh job below the cursor: read the task from its start next time
-    elif n_fresh_taken < len(fresh):
-        next_from = fresh[n_fresh_taken][1]  # the next fresh job seen, not taken
-    elif fresh:
-        next_from = fresh[-1][1] + 1  # past the last one taken
-    else:
-        next_from = max(seen_from, n_jobs)  # no fresh job from the cursor on
-    return Choice([c[0] for c in taken], seen_from, next_from)
-
-
-def queue_heads(session: Session, plan: Sequence[tuple[int, int]]) -> dict[int, Choice]:
-    """The choice for each `(task id, n)` of the plan, read in the session's transaction."""
-    if not plan:
-        return {}
-    found: dict[int, list[tuple[int, int, bool]]] = {t: [] for t, _ in plan}
-    cursors: dict[int, tuple[int, int]] = {}
-    connection = session.connection()
-    if not is_sqlite(connection):
-        rows = CANDIDATES.rows(connection.connection, connection.dialect,
-                               ([t for t, _ in plan], [n for _, n in plan]))
-        for task_id, queue_from, n_jobs, job_id, index, fresh in rows:
-            cursors[task_id] = (queue_from, n_jobs)
-            if job_id is not None:
-                found[task_id].append((job_id, index, fresh))
-    else:
-        cursor = connection.connection.cursor()  # the session's connection: same transaction
-        try:
-            ids = "[" + ",".join(str(int(t)) for t, _ in plan) + "]"
-            cursors = {t: (q, j) for t, q, j in cursor.execute(CURSORS_SQLITE, (ids,))}
-            for task_id, n in plan:
-                if task_id in cursors:
-                    found[task_id] = [(i, x, bool(f)) for i, x, f in
-                                      cursor.execute(CANDIDATES_SQLITE, (task_id, cursors[task_id][0], n))]
-        finally:
-            cursor.close()
-    return {task_id: choose(found[task_id], n, *cursors[task_id]) for task_id, n in plan if task_id in cursors}
 
 
 def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_jobs: Update,
@@ -147,7 +70,7 @@ def start_queue_heads(session: Session, plan: Sequence[tuple[int, int]], start_j
         if not is_sqlite(connection):
             return [Started(*r) for r in START.rows(connection.connection, connection.dialect, (
                 ids, list(moves), [c.seen_from for c in moves.values()], [c.next_from for c in moves.values()]))]
-        rows = list(session.connection().execute(start_jobs, {"ids": ids})) if ids else []
+        rows = list(connection.execute(start_jobs, {"ids": ids})) if ids else []
         started = Counter(r.task_id for r in rows)
         bulk_update(session, Task.__table__, [{"id": t, "n_queued": -started[t], "queue_from": c.next_from}
                                               for t, c in moves.items()], add=["n_queued"])

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from orchestra.db.engine import is_sqlite
 from orchestra.db.models import Attempt, Job, Task, User
-from orchestra.db.job_lookup import live_jobs_exist, lowered_queue_from, settled
+from orchestra.db.job_lookup import live_jobs_exist, lowered_queue_from, lowest_fresh, settled
 from orchestra.errors import OrchestraError, PermissionDenied
 from orchestra.states import LIVE_JOB, JobStatus, TaskStatus, retry_status
 
@@ -104,7 +104,7 @@ def retry(session: Session, task_id: int, by: str) -> int:
         queued = session.execute(update(Job).where(*mine).values(status=JobStatus.QUEUED.value, **fresh)
                                  .returning(Job.index, Job.attempts)).all()
     # A job killed before it ran is fresh again: the task's queue cursor goes down to it.
-    lowest = min((index for index, attempts in queued if attempts == 0), default=None)
+    lowest = lowest_fresh((task_id, index, attempts) for index, attempts in queued).get(task_id)
     session.execute(update(Task).where(Task.id == task_id).values(
         n_queued=Task.n_queued + len(queued), status=status.value, reason=None, finished_at=None, updated_at=now,
         **({} if lowest is None else {"queue_from": lowered_queue_from(lowest)})))

@@ -16,7 +16,8 @@ from orchestra.db.engine import connect
 from orchestra.db.models import Job, Task, User
 from orchestra.scheduler.expand import expand_task
 from orchestra.scheduler.cycle import _Statements
-from orchestra.scheduler.heads import queue_heads, start_queue_heads
+from orchestra.db.job_lookup import queue_heads
+from orchestra.scheduler.heads import start_queue_heads
 from tests.helpers import Cli
 
 USERS = User.__table__

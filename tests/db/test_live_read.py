@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestra.backends.null import NullBackend
 from orchestra.scheduler.cycle import LiveAttempt, Scheduler
+from orchestra.db import job_lookup
 from orchestra.scheduler import heads
 from orchestra.services import queue
 from tests.db.conftest import scheduler_on
@@ -80,7 +81,7 @@ def test_the_passes_reads_are_prepared_once_on_the_server(cli: Cli, storage: Pat
     finally:
         raw.close()
     policy = queue._ACTIVE_READS[False]  # the fair-share policy's read of the active tasks
-    dispatch = {heads.CANDIDATES.name, heads.START.name}  # the dispatch's read and write
+    dispatch = {job_lookup.CANDIDATES.name, heads.START.name}  # the dispatch's read and write
     assert names == sorted({scheduler._sql.live.name, scheduler._sql.to_advance.name, policy.name} | dispatch)
 
 

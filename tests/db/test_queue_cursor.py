@@ -15,7 +15,7 @@ from orchestra.db.job_lookup import first_jobs, queued_ahead, settled, settled_c
 from orchestra.db.models import Attempt, Job, Task
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.scheduler.expand import expand_task
-from orchestra.scheduler.heads import CANDIDATES, CANDIDATES_SQLITE, queue_heads
+from orchestra.db.job_lookup import CANDIDATES, CANDIDATES_SQLITE, queue_heads
 from tests.db.test_bulk import tasks_of_alice
 from tests.db.test_perf_short_pass import submit
 from tests.helpers import Cli

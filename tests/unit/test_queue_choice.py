@@ -1,9 +1,9 @@
-"""`heads.choose`: which of a task's queued jobs a dispatch takes, and where its cursor goes
-(scheduler/heads.py). Candidates are (job id, index, fresh): at most n fresh ones from the
+"""`job_lookup.choose`: which of a task's queued jobs a dispatch takes, and where its cursor goes
+(orchestra/db/job_lookup.py). Candidates are (job id, index, fresh): at most n fresh ones from the
 cursor on and at most n retried ones, each part in index order."""
 from __future__ import annotations
 
-from orchestra.scheduler.heads import choose
+from orchestra.db.job_lookup import choose
 
 
 def test_fresh_jobs_only_move_the_cursor_past_the_last_one_taken() -> None:
