@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, distinct, exists, func, literal_column, select, text
+from sqlalchemy import ColumnElement, Select, and_, case, distinct, exists, func, literal_column, select, text, union_all
 from sqlalchemy.orm import Session
 
 from orchestra.db.driver_reads import DriverStatement
@@ -67,20 +67,33 @@ def lowered_queue_from(lowest: Any) -> ColumnElement[int]:
     return case((_TASKS.c.queue_from > lowest, lowest), else_=_TASKS.c.queue_from)
 
 
-def live_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """Starting and running jobs per task, counted through their live attempts."""
+def _live_query(task_ids: Sequence[int]) -> Select[Any]:
+    """(task id, state, jobs) of the starting and running jobs, counted through their live attempts."""
+    return (select(Job.task_id, Job.status, func.count(distinct(Job.id))).select_from(Attempt)
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Attempt.status.in_(_LIVE_ATTEMPT_STATES), Job.task_id.in_(list(task_ids)),
+                   Job.status.in_(LIVE_JOB_STATES))
+            .group_by(Job.task_id, Job.status))
+
+
+def _settled_query(task_ids: Sequence[int], *states: str, scouts_only: bool = False) -> Select[Any]:
+    """(task id, state, jobs) of the settled states asked (all by default), along ix_jobs_settled."""
+    query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(list(task_ids)), settled(*states))
+    if scouts_only:
+        query = query.where(Job.is_scout.is_(True))
+    return query.group_by(Job.task_id, Job.status)
+
+
+def _per_task(session: Session, task_ids: Sequence[int], query: Any) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {t: {} for t in task_ids}
-    if not task_ids:
-        return out
-    rows = session.execute(
-        select(Job.task_id, Job.status, func.count(distinct(Job.id))).select_from(Attempt)
-        .join(Job, Job.id == Attempt.job_id)
-        .where(Attempt.status.in_(_LIVE_ATTEMPT_STATES), Job.task_id.in_(list(task_ids)),
-               Job.status.in_(LIVE_JOB_STATES))
-        .group_by(Job.task_id, Job.status))
-    for task_id, status, n in rows:
+    for task_id, status, n in session.execute(query):
         out[task_id][status] = n
     return out
+
+
+def live_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Starting and running jobs per task, counted through their live attempts."""
+    return _per_task(session, task_ids, _live_query(task_ids)) if task_ids else {}
 
 
 def live_jobs_exist(task_id: Any) -> ColumnElement[bool]:
@@ -92,31 +105,25 @@ def live_jobs_exist(task_id: Any) -> ColumnElement[bool]:
 def settled_counts(session: Session, task_ids: Sequence[int], *states: str,
                    scouts_only: bool = False) -> dict[int, dict[str, int]]:
     """Jobs per settled state of each task (ix_jobs_settled)."""
-    out: dict[int, dict[str, int]] = {t: {} for t in task_ids}
     if not task_ids:
-        return out
-    query = select(Job.task_id, Job.status, func.count()).where(Job.task_id.in_(list(task_ids)), settled(*states))
-    if scouts_only:
-        query = query.where(Job.is_scout.is_(True))
-    for task_id, status, n in session.execute(query.group_by(Job.task_id, Job.status)):
-        out[task_id][status] = n
-    return out
+        return {}
+    return _per_task(session, task_ids, _settled_query(task_ids, *states, scouts_only=scouts_only))
 
 
 def state_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Jobs per state of each task, states without jobs left out: the queued ones from the task's
     `n_queued` (kept by every move in and out of QUEUED, what the scheduler dispatches from), the
     live ones through their live attempts, the held and ended ones in ranges of ix_jobs_settled. A
-    task with a million queued jobs costs a few rows, not a million."""
-    counts = settled_counts(session, task_ids)
+    task with a million queued jobs costs a few rows, not a million.
+
+    One statement, so one snapshot: on PostgreSQL (READ COMMITTED) each statement sees the commits
+    made before it began, and three reads could count a job twice or not at all while the scheduler
+    moves it (a `task watch` whose counts did not add up to the task's jobs)."""
     if not task_ids:
-        return counts
-    for task_id, n_queued in session.execute(select(Task.id, Task.n_queued).where(Task.id.in_(list(task_ids)))):
-        if n_queued:
-            counts[task_id]["queued"] = n_queued
-    for task_id, live in live_counts(session, task_ids).items():
-        counts[task_id].update(live)
-    return counts
+        return {}
+    queued = (select(Task.id, literal_column("'queued'"), Task.n_queued)
+              .where(Task.id.in_(list(task_ids)), Task.n_queued > 0))
+    return _per_task(session, task_ids, union_all(_settled_query(task_ids), queued, _live_query(task_ids)))
 
 
 # A task's queue, read for the dispatch and for the queue view alike: its fresh jobs from its cursor

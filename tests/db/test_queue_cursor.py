@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import create_engine, event, inspect, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from orchestra.backends.null import NullBackend
@@ -153,6 +154,48 @@ def test_the_lookups_use_the_partial_indexes(cli: Cli, storage: Path, sched: tup
         assert settled_counts(session, [task_id]) == {task_id: {}}
         live = state_counts(session, [task_id])[task_id]
         assert sum(live.values()) == 4 and set(live) <= {"starting", "running"}
+
+
+def test_the_counts_are_one_snapshot_while_jobs_move_between_their_sources(
+        cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend], db_url: str) -> None:
+    """The counts per state come from three sources (n_queued, live attempts, ix_jobs_settled). A
+    commit between their reads (PostgreSQL's READ COMMITTED: a snapshot per statement) would count a
+    job in neither source; `task watch` showed counts short of the task's jobs. Here another
+    connection kills a queued job before every statement of the read: the counts add up."""
+    scheduler, _ = sched
+    submit(cli, storage, 8)
+    scheduler.cycle()  # 4 running, 4 queued
+    with Session(scheduler.ctx.engine) as session:
+        task_id = session.execute(select(Task.id)).scalar_one()
+        queued = list(session.execute(select(Job.id).where(Job.status == "queued").order_by(Job.index)).scalars())
+    # SQLite's transactions are IMMEDIATE (db/engine.py): once the read has begun, a writer waits.
+    mover = create_engine(db_url, connect_args={"timeout": 0} if db_url.startswith("sqlite") else {})
+    reader = make_engine(db_url)
+    moved: list[int] = []
+    blocked: list[int] = []
+
+    def kill_one_queued(*_: object) -> None:
+        if len(moved) < len(queued):
+            job_id = queued[len(moved)]
+            try:
+                with mover.begin() as connection:
+                    connection.execute(update(Job).where(Job.id == job_id).values(status="killed"))
+                    connection.execute(update(Task).where(Task.id == task_id).values(n_queued=Task.n_queued - 1))
+            except OperationalError:  # SQLite: "database is locked", at once (timeout 0)
+                blocked.append(job_id)
+                return
+            moved.append(job_id)
+
+    event.listen(reader, "before_cursor_execute", kill_one_queued)
+    try:
+        with Session(reader) as session, session.begin():
+            counts = state_counts(session, [task_id])[task_id]
+    finally:
+        event.remove(reader, "before_cursor_execute", kill_one_queued)
+        mover.dispose()
+        reader.dispose()
+    assert moved and sum(counts.values()) == 8, (moved, blocked, counts)
+    assert counts["killed"] + counts.get("queued", 0) == 4 and counts["running"] == 4
 
 
 def test_migration_0012_goes_down_and_up(cli: Cli, storage: Path, sched: tuple[Scheduler, NullBackend],
