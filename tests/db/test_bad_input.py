@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, select
+from sqlalchemy import inspect, text
 
 from orchestra.db.engine import make_engine
 from tests.helpers import Cli
@@ -16,12 +16,15 @@ GOOD = ('-c user.alice.cfg -d user.alice.data -t user.alice.{name} --containerIm
 
 
 def snapshot(url: str) -> dict[str, list[tuple]]:
+    """Every row of every table (the table names in one catalog query: a full reflection costs
+    ~0.3 s on PostgreSQL, twice per case)."""
     engine = make_engine(url)
-    meta = MetaData()
-    meta.reflect(engine)
     with engine.connect() as conn:
-        data = {t.name: sorted(map(tuple, conn.execute(select(t)).all()), key=repr) for t in meta.sorted_tables}
+        names = inspect(conn).get_table_names()
+        data = {name: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{name}"')).all()), key=repr)
+                for name in names}
     engine.dispose()
+    assert {"tasks", "jobs", "datasets", "attempts"} <= set(data), sorted(data)
     return data
 
 
