@@ -28,3 +28,19 @@ def test_every_command_and_option_has_help(program: str, app: Any) -> None:
     assert undocumented(command, [program]) == []
     if program != "orchestra_registry":  # a group: its commands are walked, so the walk is not empty
         assert len(getattr(command, "commands", {})) >= 3
+
+
+def test_a_process_builds_each_command_tree_once(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`common.run` reuses the click command it built (the tests run thousands of command lines in
+    one process); the completion switch typer reads while building gives a tree of its own."""
+    from orchestra.cli import common
+
+    first = common.command_of(maestro.app)
+    for _ in range(2):
+        common.run(maestro.app, ["--help"], prog_name="maestro")
+        assert "Usage: maestro" in capsys.readouterr().out
+    assert common.command_of(maestro.app) is first and common.command_of(admin.app) is not first
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
+    switched = common.command_of(maestro.app)
+    assert switched is not first and common.command_of(maestro.app) is switched
