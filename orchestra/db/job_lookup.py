@@ -85,7 +85,10 @@ def _settled_query(task_ids: Sequence[int], *states: str, scouts_only: bool = Fa
 
 
 def _per_task(session: Session, task_ids: Sequence[int], query: Any) -> dict[int, dict[str, int]]:
+    """{task id: {state: jobs}} from a query's (task id, state, jobs) rows; no query for no tasks."""
     out: dict[int, dict[str, int]] = {t: {} for t in task_ids}
+    if not task_ids:
+        return out
     for task_id, status, n in session.execute(query):
         out[task_id][status] = n
     return out
@@ -93,7 +96,7 @@ def _per_task(session: Session, task_ids: Sequence[int], query: Any) -> dict[int
 
 def live_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Starting and running jobs per task, counted through their live attempts."""
-    return _per_task(session, task_ids, _live_query(task_ids)) if task_ids else {}
+    return _per_task(session, task_ids, _live_query(task_ids))
 
 
 def live_jobs_exist(task_id: Any) -> ColumnElement[bool]:
@@ -105,8 +108,6 @@ def live_jobs_exist(task_id: Any) -> ColumnElement[bool]:
 def settled_counts(session: Session, task_ids: Sequence[int], *states: str,
                    scouts_only: bool = False) -> dict[int, dict[str, int]]:
     """Jobs per settled state of each task (ix_jobs_settled)."""
-    if not task_ids:
-        return {}
     return _per_task(session, task_ids, _settled_query(task_ids, *states, scouts_only=scouts_only))
 
 
@@ -119,8 +120,6 @@ def state_counts(session: Session, task_ids: Sequence[int]) -> dict[int, dict[st
     One statement, so one snapshot: on PostgreSQL (READ COMMITTED) each statement sees the commits
     made before it began, and three reads could count a job twice or not at all while the scheduler
     moves it (a `task watch` whose counts did not add up to the task's jobs)."""
-    if not task_ids:
-        return {}
     queued = (select(Task.id, literal_column("'queued'"), Task.n_queued)
               .where(Task.id.in_(list(task_ids)), Task.n_queued > 0))
     return _per_task(session, task_ids, union_all(_settled_query(task_ids), queued, _live_query(task_ids)))

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from orchestra.backends.null import NullBackend
 from orchestra.db.engine import HEAD_REVISION, connect, current_revision, downgrade, make_engine, upgrade
-from orchestra.db.job_lookup import first_jobs, queued_ahead, settled, settled_counts, state_counts
+from orchestra.db.job_lookup import (CANDIDATES, CANDIDATES_SQLITE, first_jobs, queue_heads, queued_ahead, settled,
+                                     settled_counts, state_counts)
 from orchestra.db.models import Attempt, Job, Task
 from orchestra.scheduler.cycle import Scheduler
 from orchestra.scheduler.expand import expand_task
-from orchestra.db.job_lookup import CANDIDATES, CANDIDATES_SQLITE, queue_heads
 from tests.db.test_bulk import tasks_of_alice
 from tests.db.test_perf_short_pass import submit
 from tests.helpers import Cli
