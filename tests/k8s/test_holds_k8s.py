@@ -54,14 +54,15 @@ def test_an_api_that_takes_no_pods_holds_the_queue_and_charges_nothing(
     assert rows  # one row per task and queue
     for row in rows:
         assert row["reason"].startswith("queue LPS/cpu held: ") and said in row["reason"], row
-    creates = sim.count("create")
     sim.allow_all()  # etcd is back / the quota was raised
     next_probe_in(ctx, 0)
     cycles_until(ctx, lambda: task_status(ctx, TASK) == "completed", timeout=120, scheduler=scheduler)
     jobs = json.loads(cli.ok(f"maestro job list -t {TASK} --json").out)
     assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 1)] * 4
     assert charged(ctx) == (4, 0, 4) and hold_row(ctx) is None
-    assert sim.count("create") - creates == 4  # after the fault: one create per job
+    # Each job's pod was applied exactly once. The HTTP creates may number more than 4: a create whose
+    # answer outlives the client's 0.5 s timeout on a busy machine is sent again and adopted on 409.
+    assert sorted(sim.store.creates.values()) == [1] * 4
     cycles_until(ctx, lambda: sim.pods() == [], scheduler=scheduler)  # ended pods are released
     assert_clean(sim)
     lines = [r.getMessage() for r in caplog.records if r.name == "orchestra.scheduler"]
