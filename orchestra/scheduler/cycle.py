@@ -28,6 +28,7 @@ from orchestra import expansion, fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
+from orchestra.db.planner_stats import TableStatistics
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of, one_of_param
 from orchestra.db.engine import is_sqlite
 from orchestra.db.driver_reads import DriverRead
@@ -282,6 +283,9 @@ class Scheduler:
         self.defer_acks = False
         self._unacked: dict[str, _Ack] = {}  # by backend name
         self._acks_in_tx: set[str] = set()  # written by the open transaction: forgotten once it commits
+        # Job rows expanded or released in bulk since the jobs table's statistics were refreshed
+        # (orchestra/db/planner_stats.py): counted as written, refreshed at the end of a pass.
+        self.job_statistics = TableStatistics(ctx.engine, "jobs")
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
 
@@ -404,6 +408,7 @@ class Scheduler:
                 seen = self._observe(report)
             if not report.counts["stopped"]:
                 self._short_pass(seen, report)
+                self._keep_statistics()
                 report.seconds = time.perf_counter() - started
                 return report
             with report.step("reconcile"):
@@ -422,8 +427,14 @@ class Scheduler:
         with report.step("tasks"):
             self.advance_tasks(report)
         self.fill(report)  # steps `dispatch` and `launch`
+        self._keep_statistics()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _keep_statistics(self) -> None:
+        """After the pass's launches: ANALYZE the jobs table if this scheduler's bulk changes
+        outdated its statistics (orchestra/db/planner_stats.py)."""
+        self.job_statistics.keep()
 
     def _short_pass(self, seen: _Observed, report: CycleReport) -> None:
         """The short pass's writes in one transaction (issue 18: each transaction costs a lease
@@ -799,7 +810,9 @@ class Scheduler:
             ).all()
         for task_id in registered:
             with self.tx() as session:  # one task, one transaction
-                report.counts["jobs expanded"] += expand_task(session, task_id, self.clock(), settings=self.settings)
+                expanded = expand_task(session, task_id, self.clock(), settings=self.settings)
+            report.counts["jobs expanded"] += expanded
+            self.job_statistics.add(expanded)
 
     # ------------------------------------------------------------------ 4. task states
     def advance_tasks(self, report: CycleReport) -> None:
@@ -826,6 +839,7 @@ class Scheduler:
                     update(JOBS).where(JOBS.c.task_id == task_id, JOBS.c.status == JobStatus.HELD.value)
                     .values(status=JobStatus.QUEUED.value, queued_at=now)
                 ).rowcount
+                self.job_statistics.add(released)
                 # The released jobs never ran: the task's queue is read from its first job again.
                 session.execute(update(TASKS).where(TASKS.c.id == task_id).values(
                     status=TaskStatus.RUNNING.value, released_at=now, updated_at=now,
