@@ -28,10 +28,10 @@ from orchestra import expansion, fairshare
 from orchestra.backends.base import Backend, LaunchSpec, Phase, Tracked
 from orchestra.backends.registry import make_backend
 from orchestra.config import ClusterConfig
-from orchestra.db.planner_stats import TableStatistics
 from orchestra.db.bulk import bulk_insert, bulk_update, one_of, one_of_param
 from orchestra.db.engine import is_sqlite
 from orchestra.db.driver_reads import DriverRead
+from orchestra.db.planner_stats import TableStatistics
 from orchestra.db.models import Attempt, Installation, Job, Outbox, Task, User
 from orchestra.errors import OrchestraError
 from orchestra.notify import outbox
@@ -284,7 +284,8 @@ class Scheduler:
         self._unacked: dict[str, _Ack] = {}  # by backend name
         self._acks_in_tx: set[str] = set()  # written by the open transaction: forgotten once it commits
         # Job rows expanded or released in bulk since the jobs table's statistics were refreshed
-        # (orchestra/db/planner_stats.py): counted as written, refreshed at the end of a pass.
+        # (orchestra/db/planner_stats.py), refreshed at the end of a pass, after its launches.
+        # Counted as written: a transaction that then fails costs at most one ANALYZE too many.
         self.job_statistics = TableStatistics(ctx.engine, "jobs")
         with Session(ctx.engine) as session:  # read once, before any transaction of the cycle holds a lock
             self._installation: str = session.scalar(select(Installation.id)) or "default"
@@ -408,7 +409,7 @@ class Scheduler:
                 seen = self._observe(report)
             if not report.counts["stopped"]:
                 self._short_pass(seen, report)
-                self._keep_statistics()
+                self.job_statistics.keep()
                 report.seconds = time.perf_counter() - started
                 return report
             with report.step("reconcile"):
@@ -427,14 +428,9 @@ class Scheduler:
         with report.step("tasks"):
             self.advance_tasks(report)
         self.fill(report)  # steps `dispatch` and `launch`
-        self._keep_statistics()
+        self.job_statistics.keep()
         report.seconds = time.perf_counter() - started
         return report
-
-    def _keep_statistics(self) -> None:
-        """After the pass's launches: ANALYZE the jobs table if this scheduler's bulk changes
-        outdated its statistics (orchestra/db/planner_stats.py)."""
-        self.job_statistics.keep()
 
     def _short_pass(self, seen: _Observed, report: CycleReport) -> None:
         """The short pass's writes in one transaction (issue 18: each transaction costs a lease
